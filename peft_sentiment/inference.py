@@ -1,0 +1,145 @@
+"""Save trained adapters (atomically, with a model card), load them back safely, classify reviews."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import BitsAndBytesConfig
+
+from peft_sentiment.data import LABEL_NAMES
+from peft_sentiment.models import load_classifier, load_tokenizer, resolve_model
+from peft_sentiment.report import VARIANT_LABELS
+
+META_FILE = "peft_sentiment.json"  # what the adapter was trained on, so it is loaded on the same base
+REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors", META_FILE)
+
+
+def save_adapter(model, tokenizer, out_dir: str, meta: dict, record: dict | None = None) -> Path:
+    """Save `model`'s adapter (head included), tokenizer, metadata and card to `out_dir`, atomically.
+
+    Written to a temporary folder beside `out_dir` and swapped in by rename, so a crash mid-save
+    leaves the previous adapter intact.
+    """
+    target = Path(out_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    (tmp / "README.md").write_text(model_card(meta, record))
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.replace(old)
+    tmp.replace(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def adapter_meta(cfg, variant: str, model_path: str, bnb_config: BitsAndBytesConfig | None) -> dict:
+    """What `load_adapter` needs to rebuild the base model exactly as it was trained."""
+    return {
+        "variant": variant,
+        "base_model": cfg.model_name,
+        "base_model_path": model_path,
+        "num_labels": len(LABEL_NAMES),
+        "labels": list(LABEL_NAMES),
+        "max_length": cfg.max_length,
+        "profile": cfg.profile,
+        "quantization": None if bnb_config is None else bnb_config.to_dict(),
+    }
+
+
+def model_card(meta: dict, record: dict | None) -> str:
+    """A short Hugging Face model card: base model, data, profile, metrics, how to load."""
+    variant = VARIANT_LABELS.get(meta["variant"], meta["variant"])
+    lines = [
+        "---",
+        "library_name: peft",
+        f"base_model: {meta['base_model']}",
+        "pipeline_tag: text-classification",
+        "tags: [lora, sentiment, imdb]",
+        "---",
+        f"# {variant} adapter for IMDB sentiment on `{meta['base_model']}`",
+        "",
+        f"- Base model: `{meta['base_model']}` (resolved to `{meta['base_model_path']}`)",
+        f"- Profile: `{meta['profile']}`, max length {meta['max_length']} tokens, labels {meta['labels']}",
+        f"- Quantization of the base: {'NF4 (bitsandbytes 4-bit, double quantization)' if meta['quantization'] else 'none (fp32)'}",
+    ]
+    if record:
+        cfg, m = record["config"], record["metrics"]
+        low, high = m["accuracy_ci95"]
+        lines += [
+            f"- Data: IMDB from {cfg['data_dir'] or 'the Hub'}; train {cfg['train_size'] or 'all'}, "
+            f"validation {cfg['val_size']}, test {m['test_reviews']} reviews (seed {cfg['seed']})",
+            f"- LoRA: r={cfg['lora_r']}, alpha={cfg['lora_alpha']}, dropout={cfg['lora_dropout']}; "
+            f"{record['params']['trainable']:,} trainable of {record['params']['total']:,} parameters",
+            "",
+            "| metric | test |",
+            "|---|---|",
+            f"| accuracy | {m['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}) |",
+            f"| F1 | {m['f1']:.4f} |",
+            f"| ROC-AUC | {m['roc_auc']:.4f} |",
+            "",
+            f"Trained in {record['train_seconds']:.0f} s on {record['device']['name']} ({record['created']}).",
+        ]
+    lines += ["", "Load it with `peft_sentiment.inference.load_adapter(folder)`.", ""]
+    return "\n".join(lines)
+
+
+def check_adapter_dir(adapter_dir: str) -> dict:
+    """The adapter's metadata, or a clear error when the folder is missing files or unsafe."""
+    folder = Path(adapter_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Adapter folder {folder} does not exist. Train a LoRA variant first, or check the path.")
+    if (folder / "adapter_model.bin").exists() and not (folder / "adapter_model.safetensors").exists():
+        raise ValueError(
+            f"{folder} holds only adapter_model.bin, a pickle that can run arbitrary code when loaded. "
+            "Re-save it as safetensors (model.save_pretrained(..., safe_serialization=True))."
+        )
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} is not a complete adapter folder: it lacks {missing}. Save it again with save_adapter."
+        )
+    try:
+        return json.loads((folder / META_FILE).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{folder / META_FILE} is corrupt ({err}). Save the adapter again.") from err
+
+
+def load_adapter(adapter_dir: str, model_path: str | None = None):
+    """The base model with the adapter at `adapter_dir` applied (quantized again if it was), and its tokenizer."""
+    meta = check_adapter_dir(adapter_dir)
+    if model_path is None:  # the path it was trained from, else the name resolved on this machine
+        stored = meta["base_model_path"]
+        model_path = stored if Path(stored).is_dir() else resolve_model(meta["base_model"])
+    tokenizer = load_tokenizer(adapter_dir)
+    bnb_config = BitsAndBytesConfig.from_dict(meta["quantization"]) if meta["quantization"] else None
+    base = load_classifier(model_path, tokenizer.pad_token_id, bnb_config)
+    model = PeftModel.from_pretrained(base, adapter_dir)  # reads adapter_model.safetensors only
+    model.eval()
+    return model, tokenizer
+
+
+@torch.inference_mode()
+def predict_reviews(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> list[dict]:
+    """Label and probability of the predicted label for each text, in input order."""
+    if isinstance(texts, str):
+        texts = [texts]
+    device = next(model.parameters()).device
+    results = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            texts[start : start + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
+        probs = torch.softmax(model(**batch.to(device)).logits.float(), dim=-1)
+        for row in probs.tolist():
+            label = int(row[1] > row[0])
+            results.append({"label": LABEL_NAMES[label], "probability": row[label]})
+    return results

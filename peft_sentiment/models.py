@@ -1,0 +1,204 @@
+"""Resolve a model name, load its tokenizer, and build the three variants with one shared signature."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
+
+from peft_sentiment.config import Config
+from peft_sentiment.data import LABEL_NAMES
+
+CACHE_ENV = "PEFT_SENTIMENT_CACHE"
+# Short names that every profile, the notebook and the tests accept in place of a Hub id.
+SHORT_NAMES = {
+    "tiny-gpt2": "a 2-layer GPT-2 with random weights and a BPE tokenizer trained on the training reviews (tests, smoke)",
+}
+# LoRA targets per architecture: every attention and MLP projection, never the head.
+LORA_TARGETS = {
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+}
+ID2LABEL = dict(enumerate(LABEL_NAMES))
+LABEL2ID = {name: i for i, name in ID2LABEL.items()}
+
+
+def cache_root() -> Path:
+    """Where locally built models live: $PEFT_SENTIMENT_CACHE, else ~/.cache/peft_sentiment."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "peft_sentiment")
+
+
+def resolve_model(name: str, texts: list[str] | None = None) -> str:
+    """A path or Hub id that `from_pretrained` accepts for `name`; short names are built on first use."""
+    if name == "tiny-gpt2":
+        if texts is None:
+            raise ValueError("tiny-gpt2 trains its tokenizer on reviews: pass the training texts.")
+        digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:12]
+        folder = cache_root() / f"tiny-gpt2-{digest}"
+        if not (folder / "config.json").is_file():
+            build_tiny_gpt2(folder, texts)
+        return str(folder)
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if "/" not in name and name.startswith(("tiny", "smollm")):
+        raise ValueError(
+            f"Unknown model short name {name!r}. Valid short names: {', '.join(SHORT_NAMES)}; or a Hub id or a local folder."
+        )
+    return name  # a Hub id: from_pretrained says clearly when it cannot be reached
+
+
+def build_tiny_gpt2(folder: Path, texts: list[str], vocab_size: int = 2048, seed: int = 0) -> None:
+    """Save a tiny random GPT-2 and a byte-level BPE tokenizer trained on `texts` to `folder`."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>", model_max_length=256
+    )
+    eos = tokenizer.eos_token_id
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=256, n_embd=64, n_layer=2, n_head=2, bos_token_id=eos, eos_token_id=eos
+    )
+    torch.manual_seed(seed)
+    tmp = folder.with_name(folder.name + ".tmp")
+    GPT2ForSequenceClassification(config).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(folder)  # atomic: a half-built model is never mistaken for a finished one
+
+
+def load_tokenizer(model_path: str):
+    """The model's fast tokenizer, with a pad token (GPT-2 has none: EOS stands in)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def lora_targets_for(model_path: str) -> tuple[str, ...]:
+    """The LoRA target modules for the architecture of `model_path`."""
+    model_type = AutoConfig.from_pretrained(model_path).model_type
+    if model_type not in LORA_TARGETS:
+        raise ValueError(
+            f"No LoRA targets known for model type {model_type!r} (known: {', '.join(LORA_TARGETS)}). "
+            "Set lora_targets in the parameters to the names of its attention and MLP linear layers."
+        )
+    return LORA_TARGETS[model_type]
+
+
+def max_positions(model_path: str) -> int | None:
+    """How many positions the model embeds (GPT-2: 1024), or None when it does not say."""
+    config = AutoConfig.from_pretrained(model_path)
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+
+
+def make_lora_config(cfg: Config, model_path: str) -> LoraConfig:
+    """The LoRA settings of `cfg` for the architecture of `model_path`."""
+    targets = cfg.lora_targets or lora_targets_for(model_path)
+    is_gpt2 = AutoConfig.from_pretrained(model_path).model_type == "gpt2"
+    return LoraConfig(
+        task_type="SEQ_CLS",  # keeps the classification head (`score`) trainable and saves it with the adapter
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(targets),
+        fan_in_fan_out=is_gpt2,  # GPT-2's Conv1D stores weights as (in, out)
+    )
+
+
+def make_bnb_config(cfg: Config) -> BitsAndBytesConfig:
+    """4-bit NF4 with double quantization and the profile's compute dtype."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=getattr(torch, cfg.nf4_compute_dtype),
+    )
+
+
+def load_classifier(model_path: str, pad_token_id: int, bnb_config: BitsAndBytesConfig | None = None):
+    """A two-label sequence classifier on `model_path`, in fp32 or quantized by `bnb_config`."""
+    kwargs = {}
+    if bnb_config is not None:
+        check_bitsandbytes()
+        if torch.cuda.is_available():  # each process quantizes onto its own GPU (DDP-safe, unlike "auto")
+            kwargs["device_map"] = {"": torch.cuda.current_device()}
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path,
+        num_labels=len(LABEL_NAMES),
+        id2label=ID2LABEL,
+        label2id=LABEL2ID,
+        dtype=torch.float32,
+        quantization_config=bnb_config,
+        use_safetensors=True,  # never unpickle downloaded weights
+        **kwargs,
+    )
+    # GPT-2 has no pad token; the classifier pools the last non-pad token, so it must know the pad id.
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
+def check_bitsandbytes() -> None:
+    """Raise a clear error when bitsandbytes 4-bit cannot run here."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError(
+            "NF4 needs bitsandbytes: `pip install bitsandbytes` (recent releases run on CPU and CUDA GPUs)."
+        ) from err
+
+
+def build_head_only_model(model_path: str, *, pad_token_id: int, lora_config=None, bnb_config=None):
+    """The pretrained model frozen; only the classification head (`score`) trains."""
+    model = load_classifier(model_path, pad_token_id)
+    model.requires_grad_(False)
+    model.score.requires_grad_(True)
+    return model
+
+
+def build_lora_model(model_path: str, *, pad_token_id: int, lora_config: LoraConfig, bnb_config=None):
+    """LoRA adapters on the fp32 model; the head trains in full and is saved with the adapter."""
+    model = load_classifier(model_path, pad_token_id)
+    return get_peft_model(model, lora_config)
+
+
+def build_nf4_lora_model(model_path: str, *, pad_token_id: int, lora_config: LoraConfig, bnb_config: BitsAndBytesConfig):
+    """QLoRA: the model quantized to NF4, gradient checkpointing on, LoRA on top (peft's documented order)."""
+    model = load_classifier(model_path, pad_token_id, bnb_config)
+    # use_reentrant=False: the non-reentrant checkpoint needs no input-grad hack and works with frozen inputs.
+    model = prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
+    return get_peft_model(model, lora_config)
+
+
+BUILDERS = {"head_only": build_head_only_model, "lora": build_lora_model, "nf4_lora": build_nf4_lora_model}
+
+
+def count_parameters(model) -> dict[str, int]:
+    """Trainable and total parameters (a 4-bit weight counts as the parameters it stands for)."""
+    trainable, total = model.get_nb_trainable_parameters() if hasattr(model, "get_nb_trainable_parameters") else (None, None)
+    if trainable is None:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+    return {"trainable": int(trainable), "total": int(total)}
+
+
+def first_module_named(model, suffix: str):
+    """The first module whose qualified name ends with `suffix` (e.g. block 0's attention projection)."""
+    for name, module in model.named_modules():
+        if name.endswith("." + suffix):
+            return module
+    raise KeyError(f"No module named *.{suffix} in {type(model).__name__}.")

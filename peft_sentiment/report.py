@@ -1,0 +1,219 @@
+"""Results as data: JSON records per variant, and the tables and plots drawn from them."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+
+LIBRARIES = ("torch", "transformers", "datasets", "peft", "bitsandbytes", "accelerate", "evaluate", "scikit-learn")
+# Keys every record has; tests and tables rely on them.
+RECORD_KEYS = (
+    "variant", "profile", "config", "model_path", "versions", "device", "params", "model_bytes", "metrics",
+    "train_seconds", "eval_seconds", "train_tokens", "eval_tokens", "train_tokens_per_s", "eval_tokens_per_s",
+    "peak_memory_bytes", "log_history", "created",
+)  # fmt: skip
+METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "accuracy_ci95", "test_reviews")
+VARIANT_LABELS = {"head_only": "head-only", "lora": "LoRA", "nf4_lora": "NF4 LoRA"}
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the stack, for the record."""
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def device_info() -> dict:
+    """What ran the work: GPU name, or CPU model and core count."""
+    if torch.cuda.is_available():
+        return {"type": "cuda", "name": torch.cuda.get_device_name(), "count": torch.cuda.device_count()}
+    return {"type": "cpu", "name": cpu_name(), "cores": os.cpu_count()}
+
+
+def cpu_name() -> str:
+    """The CPU's model name where Linux tells it, else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_json_atomic(data, path: Path) -> Path:
+    """Write `data` as JSON to `path` via a temporary file and a rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=1, default=float)
+    os.replace(tmp, path)
+    return path
+
+
+def write_record(record: dict, records_dir: str) -> Path:
+    """Save one variant's record as `<records_dir>/<variant>.json`."""
+    check_record(record)
+    return write_json_atomic(record, Path(records_dir) / f"{record['variant']}.json")
+
+
+def check_record(record: dict) -> None:
+    """Raise if `record` lacks a key the tables, plots or tests read."""
+    missing = [k for k in RECORD_KEYS if k not in record] + [
+        f"metrics.{k}" for k in METRIC_KEYS if k not in record.get("metrics", {})
+    ]
+    if missing:
+        raise ValueError(f"Record is missing {missing}.")
+
+
+def read_records(records_dir: str) -> list[dict]:
+    """Every record in `records_dir`, in variant order."""
+    order = list(VARIANT_LABELS)
+    records = [json.loads(p.read_text()) for p in Path(records_dir).glob("*.json")]
+    for record in records:
+        check_record(record)
+    return sorted(records, key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
+
+
+def compare_variants(records: list[dict]):
+    """One row per variant: quality, size, cost (a pandas DataFrame)."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        low, high = r["metrics"]["accuracy_ci95"]
+        rows.append({
+            "variant": VARIANT_LABELS.get(r["variant"], r["variant"]),
+            "accuracy": r["metrics"]["accuracy"],
+            "95% CI": f"{low:.3f}-{high:.3f}",
+            "F1": r["metrics"]["f1"],
+            "ROC-AUC": r["metrics"]["roc_auc"],
+            "trainable params": r["params"]["trainable"],
+            "model MB": r["model_bytes"] / 1e6,
+            "train s": r["train_seconds"],
+            "peak train MB": r["peak_memory_bytes"]["train"] / 1e6,
+            "train tokens/s": r["train_tokens_per_s"],
+            "eval tokens/s": r["eval_tokens_per_s"],
+        })  # fmt: skip
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def markdown_table(records: list[dict]) -> str:
+    """The comparison as a Markdown table (for the README and model cards)."""
+    table = compare_variants(records)
+    header = "| variant | " + " | ".join(table.columns) + " |"
+    lines = [header, "|" + "---|" * (len(table.columns) + 1)]
+    for name, row in table.iterrows():
+        cells = [format_cell(row[c]) for c in table.columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_cell(value) -> str:
+    """Numbers at a precision a reader can use."""
+    if isinstance(value, str):
+        return value
+    if float(value).is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:,.0f}"
+
+
+def plot_comparison(records: list[dict]):
+    """Accuracy (with 95% interval) next to training time and peak memory, one bar per variant."""
+    import matplotlib.pyplot as plt
+
+    names = [VARIANT_LABELS.get(r["variant"], r["variant"]) for r in records]
+    acc = [r["metrics"]["accuracy"] for r in records]
+    err = [
+        [a - r["metrics"]["accuracy_ci95"][0] for a, r in zip(acc, records, strict=True)],
+        [r["metrics"]["accuracy_ci95"][1] - a for a, r in zip(acc, records, strict=False)],
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    axes[0].bar(names, acc, yerr=err, capsize=4, color="tab:blue")
+    axes[0].set(title="Test accuracy (95% CI)", ylim=(0, 1))
+    axes[1].bar(names, [r["train_seconds"] for r in records], color="tab:orange")
+    axes[1].set(title="Training time", ylabel="seconds")
+    axes[2].bar(names, [r["peak_memory_bytes"]["train"] / 1e6 for r in records], color="tab:green")
+    kind = "GPU allocated" if records and records[0]["device"]["type"] == "cuda" else "process RSS"
+    axes[2].set(title=f"Peak training memory ({kind})", ylabel="MB")
+    fig.suptitle(f"profile {records[0]['profile']} on {records[0]['device']['name']}" if records else "no records")
+    fig.tight_layout()
+    return fig
+
+
+def plot_token_lengths(n_tokens, max_length: int):
+    """Histogram of review lengths in tokens, with the truncation limit marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.hist(n_tokens, bins=60, color="tab:blue")
+    ax.axvline(max_length, color="tab:red", linestyle="--", label=f"max_length = {max_length}")
+    ax.set(xlabel="tokens per review", ylabel="reviews", title="Review lengths (train)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(records: list[dict]):
+    """Training loss and validation accuracy against steps, one line per variant."""
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.5))
+    for r in records:
+        label = VARIANT_LABELS.get(r["variant"], r["variant"])
+        losses = [(e["step"], e["loss"]) for e in r["log_history"] if "loss" in e]
+        accs = [(e["step"], e["eval_accuracy"]) for e in r["log_history"] if "eval_accuracy" in e]
+        if losses:
+            loss_ax.plot(*zip(*losses, strict=True), label=label)
+        if accs:
+            acc_ax.plot(*zip(*accs, strict=True), marker="o", label=label)
+    loss_ax.set(title="Training loss", xlabel="step")
+    acc_ax.set(title="Validation accuracy", xlabel="step", ylim=(0, 1))
+    loss_ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def summarize_results(records: list[dict]) -> str:
+    """Conclusions drawn from the records themselves, so they stay true whatever a run measured."""
+    by_variant = {r["variant"]: r for r in records}
+    lines = []
+    best = max(records, key=lambda r: r["metrics"]["accuracy"])
+    lines.append(
+        f"- Best test accuracy: {VARIANT_LABELS[best['variant']]} at {best['metrics']['accuracy']:.1%} "
+        f"on {best['metrics']['test_reviews']:,} reviews (profile `{best['profile']}`, {best['device']['name']})."
+    )
+    for r in records:
+        low, high = r["metrics"]["accuracy_ci95"]
+        lines.append(
+            f"- {VARIANT_LABELS[r['variant']]}: {r['metrics']['accuracy']:.1%} (95% CI {low:.1%}-{high:.1%}), "
+            f"{r['params']['trainable']:,} trainable parameters, {r['train_seconds']:.0f} s of training."
+        )
+    if "lora" in by_variant and "nf4_lora" in by_variant:
+        lora, nf4 = by_variant["lora"], by_variant["nf4_lora"]
+        gap = nf4["metrics"]["accuracy"] - lora["metrics"]["accuracy"]
+        lines.append(
+            f"- NF4 LoRA vs LoRA: {gap:+.1%} accuracy, model weights {nf4['model_bytes'] / lora['model_bytes']:.0%} of the fp32 "
+            f"model's bytes, training time x{nf4['train_seconds'] / lora['train_seconds']:.2f}."
+        )
+        overlap = not (
+            nf4["metrics"]["accuracy_ci95"][1] < lora["metrics"]["accuracy_ci95"][0]
+            or lora["metrics"]["accuracy_ci95"][1] < nf4["metrics"]["accuracy_ci95"][0]
+        )
+        lines.append(
+            "  Their 95% intervals overlap: on this test set the two are not distinguishable."
+            if overlap
+            else "  Their 95% intervals do not overlap: the difference is larger than test-set noise."
+        )
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""Shared fixtures: a learnable toy IMDB on disk, a tiny GPT-2 trained on it, and no network."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+
+import pandas as pd
+import pytest
+
+# Offline for the whole suite: libraries must not even try the Hub.
+for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[var] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_real_connect = socket.socket.connect
+_real_create_connection = socket.create_connection
+
+
+def _is_local(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX paths
+        return True
+    host = str(address[0])
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _guarded_connect(self, address):
+    if not _is_local(address):
+        raise RuntimeError(f"Test tried to open a network connection to {address}: the suite must run offline.")
+    return _real_connect(self, address)
+
+
+def _guarded_create_connection(address, *args, **kwargs):
+    if not _is_local(address):
+        raise RuntimeError(f"Test tried to open a network connection to {address}: the suite must run offline.")
+    return _real_create_connection(address, *args, **kwargs)
+
+
+socket.socket.connect = _guarded_connect
+socket.create_connection = _guarded_create_connection
+
+POSITIVE = ["good", "great", "superb", "wonderful", "lovely", "brilliant"]
+NEGATIVE = ["bad", "awful", "terrible", "boring", "dull", "dreadful"]
+NEUTRAL = ["the", "movie", "film", "plot", "actor", "was", "and", "a", "scene", "story"]
+
+
+def toy_reviews(n: int, seed: int) -> pd.DataFrame:
+    """Reviews whose label is given by their sentiment words (the last word is always one): learnable fast."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = POSITIVE if label else NEGATIVE
+        body = [rng.choice(NEUTRAL + words) for _ in range(rng.randint(4, 30))]
+        rows.append({"text": " ".join([*body, rng.choice(words)]), "label": label})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Tiny models are built into a per-session cache, never the user's."""
+    folder = tmp_path_factory.mktemp("model_cache")
+    os.environ["PEFT_SENTIMENT_CACHE"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_imdb_dir(tmp_path_factory):
+    """A folder with train.parquet (200 reviews) and test.parquet (80) in IMDB's schema."""
+    folder = tmp_path_factory.mktemp("toy_imdb")
+    toy_reviews(200, seed=0).to_parquet(folder / "train.parquet")
+    toy_reviews(80, seed=1).to_parquet(folder / "test.parquet")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_cfg(toy_imdb_dir, tmp_path_factory):
+    """The smoke profile on the toy data, writing under a temporary folder."""
+    from peft_sentiment.config import make_config
+
+    out = tmp_path_factory.mktemp("out")
+    return make_config(
+        "smoke", data_dir=str(toy_imdb_dir), train_size=96, val_size=32, test_size=64, max_length=32,
+        adapter_dir_f32=str(out / "f32"), adapter_dir_nf4=str(out / "nf4"), records_dir=str(out / "records"),
+        work_dir=str(out / "work"),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def toy_splits(toy_cfg):
+    from peft_sentiment import data
+
+    return data.prepare_splits(toy_cfg, data.load_imdb(toy_cfg.data_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(toy_splits):
+    from peft_sentiment.models import resolve_model
+
+    return resolve_model("tiny-gpt2", texts=toy_splits["train"]["text"])
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model_path):
+    from peft_sentiment.models import load_tokenizer
+
+    return load_tokenizer(tiny_model_path)
+
+
+@pytest.fixture(scope="session")
+def toy_tokenized(toy_splits, tokenizer, toy_cfg):
+    from peft_sentiment.data import tokenize_reviews
+
+    return tokenize_reviews(toy_splits, tokenizer, toy_cfg.max_length)
+
+
+@pytest.fixture(scope="session")
+def lora_config(toy_cfg, tiny_model_path):
+    from peft_sentiment.models import make_lora_config
+
+    return make_lora_config(toy_cfg, tiny_model_path)
+
+
+@pytest.fixture(scope="session")
+def bnb_config(toy_cfg):
+    from peft_sentiment.models import make_bnb_config
+
+    return make_bnb_config(toy_cfg)

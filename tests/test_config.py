@@ -1,0 +1,63 @@
+import pytest
+
+from peft_sentiment.config import PROFILES, config_to_dict, make_config, resolve_profile
+
+
+def test_profiles_resolve_and_full_keeps_the_reference_lora_setup():
+    full = make_config("full")
+    assert (full.model_name, full.max_length, full.train_size, full.test_size) == ("gpt2", 512, None, None)
+    assert (full.lora_r, full.lora_alpha, full.lora_dropout) == (4, 16, 0.1)
+    assert full.nf4_compute_dtype == "bfloat16"
+    assert (full.adapter_dir_f32, full.adapter_dir_nf4) == ("saved_f32_lora", "saved_nf4_lora")
+
+
+def test_smoke_never_writes_the_committed_adapter_folders():
+    smoke = make_config("smoke")
+    assert smoke.adapter_dir_f32.startswith("runs/") and smoke.adapter_dir_nf4.startswith("runs/")
+
+
+def test_profile_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("PEFT_PROFILE", "smoke")
+    assert resolve_profile() == "smoke"
+    assert resolve_profile("full") == "full"  # an explicit argument wins
+
+
+def test_data_dir_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("IMDB_DATA_DIR", str(tmp_path))
+    assert make_config("smoke").data_dir == str(tmp_path)
+    assert make_config("smoke", data_dir="/elsewhere").data_dir == "/elsewhere"
+
+
+def test_unknown_profile_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="Valid profiles: full, smoke"):
+        make_config("fast")
+
+
+def test_unknown_parameter_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"Unknown parameter\(s\) \['lora_rank'\].*lora_r"):
+        make_config("smoke", lora_rank=8)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"train_size": 0}, "train_size=0"),
+        ({"test_size": -5}, "test_size=-5"),
+        ({"max_length": 0}, "max_length=0"),
+        ({"lora_dropout": 1.0}, "lora_dropout"),
+        ({"nf4_compute_dtype": "int4"}, "nf4_compute_dtype"),
+    ],
+)
+def test_bad_values_are_rejected_before_any_work(override, message):
+    with pytest.raises(ValueError, match=message):
+        make_config("smoke", **override)
+
+
+def test_overrides_leave_the_profile_untouched_and_serialise():
+    cfg = make_config("smoke", lora_targets=["c_attn"], lr_lora=1e-3)
+    assert cfg.lora_targets == ("c_attn",) and cfg.lr_lora == 1e-3
+    assert PROFILES["smoke"].lr_lora != 1e-3
+    assert config_to_dict(cfg)["lora_targets"] == ["c_attn"]
+    assert cfg.learning_rate("head_only") == cfg.lr_head_only
+    with pytest.raises(ValueError, match="Valid variants"):
+        cfg.learning_rate("prefix_tuning")

@@ -1,0 +1,87 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from peft_sentiment import inference
+from peft_sentiment.train import build_variant
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, toy_cfg, tiny_model_path, tokenizer, lora_config, bnb_config):
+    """A LoRA and an NF4 LoRA adapter (with perturbed, non-zero B) saved to disk."""
+    folder = tmp_path_factory.mktemp("adapters")
+    out = {}
+    for variant, bnb_cfg in (("lora", None), ("nf4_lora", bnb_config)):
+        model = build_variant(variant, tiny_model_path, tokenizer, seed=0, lora_config=lora_config, bnb_config=bnb_cfg)
+        with torch.no_grad():  # B starts at zero; make the adapter matter so the test can see it
+            for name, p in model.named_parameters():
+                if "lora_B" in name or ".score." in name:
+                    p.add_(torch.randn_like(p) * 0.5)
+        meta = inference.adapter_meta(toy_cfg, variant, tiny_model_path, bnb_cfg)
+        out[variant] = (model.eval(), inference.save_adapter(model, tokenizer, folder / variant, meta))
+    return out
+
+
+@pytest.mark.parametrize("variant", ["lora", "nf4_lora"])
+def test_save_load_gives_identical_logits(saved, variant, tokenizer):
+    model, folder = saved[variant]
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "peft_sentiment.json", "tokenizer.json"} <= {
+        p.name for p in folder.iterdir()
+    }
+    reloaded, reloaded_tokenizer = inference.load_adapter(folder)
+    batch = tokenizer(["the movie was great", "a dull and awful plot the end"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, reloaded(**batch).logits)
+    assert inference.predict_reviews(model, tokenizer, ["good film"], 32) == inference.predict_reviews(
+        reloaded, reloaded_tokenizer, ["good film"], 32
+    )
+
+
+def test_model_card_states_base_profile_and_quantization(saved):
+    card = (saved["nf4_lora"][1] / "README.md").read_text()
+    assert "base_model: tiny-gpt2" in card and "Profile: `smoke`" in card and "NF4" in card
+
+
+def test_predict_reviews_keeps_order_and_gives_probabilities(saved, tokenizer):
+    model, _ = saved["lora"]
+    texts = ["good"] * 3 + ["awful dull"] * 3
+    out = inference.predict_reviews(model, tokenizer, texts, max_length=16, batch_size=4)
+    assert len(out) == 6 and all(o["label"] in ("neg", "pos") and 0.5 <= o["probability"] <= 1 for o in out)
+    assert out[0] == out[1] == out[2]
+
+
+def test_incomplete_or_unsafe_adapter_folders_are_refused(saved, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        inference.load_adapter(tmp_path / "missing")
+    broken = tmp_path / "broken"
+    shutil.copytree(saved["lora"][1], broken)
+    (broken / "adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
+        inference.load_adapter(broken)
+    (broken / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="pickle"):
+        inference.load_adapter(broken)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(saved["lora"][1], corrupt)
+    (corrupt / inference.META_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        inference.load_adapter(corrupt)
+
+
+def test_a_crash_mid_save_leaves_the_previous_adapter_intact(saved, tokenizer, tmp_path, monkeypatch):
+    model, source = saved["lora"]
+    target = tmp_path / "saved_f32_lora"
+    meta = json.loads((source / inference.META_FILE).read_text())
+    inference.save_adapter(model, tokenizer, target, meta)
+    before = (target / "adapter_model.safetensors").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(inference, "model_card", crash)
+    with pytest.raises(OSError, match="disk full"):
+        inference.save_adapter(model, tokenizer, target, meta)
+    assert (target / "adapter_model.safetensors").read_bytes() == before
+    inference.load_adapter(target)  # still loads

@@ -1,0 +1,76 @@
+import bitsandbytes as bnb
+import pytest
+import torch
+
+from peft_sentiment import models
+from peft_sentiment.train import build_variant
+
+
+def trainable_names(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_tiny_model_is_built_once_and_reused(toy_splits, tiny_model_path):
+    assert models.resolve_model("tiny-gpt2", texts=toy_splits["train"]["text"]) == tiny_model_path
+    with pytest.raises(ValueError, match="pass the training texts"):
+        models.resolve_model("tiny-gpt2")
+
+
+def test_unknown_short_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="Valid short names: tiny-gpt2"):
+        models.resolve_model("tiny-llama")
+
+
+def test_tokenizer_gets_a_pad_token(tokenizer):
+    assert tokenizer.pad_token == tokenizer.eos_token is not None
+
+
+def test_lora_targets_follow_the_architecture(tiny_model_path, toy_cfg):
+    assert models.lora_targets_for(tiny_model_path) == ("c_attn", "c_proj", "c_fc")
+    lora = models.make_lora_config(toy_cfg, tiny_model_path)
+    assert set(lora.target_modules) == {"c_attn", "c_proj", "c_fc"} and lora.fan_in_fan_out
+    assert models.LORA_TARGETS["llama"][:4] == ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def test_head_only_trains_only_the_head(tiny_model_path, tokenizer):
+    model = build_variant("head_only", tiny_model_path, tokenizer, seed=0)
+    assert trainable_names(model) == {"score.weight"}
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+
+
+def test_lora_trains_adapters_and_head_only(tiny_model_path, tokenizer, lora_config):
+    model = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
+    names = trainable_names(model)
+    assert names and all("lora_" in n or ".score." in n for n in names)
+    assert any(".score." in n for n in names), "the head must train and be saved with the adapter"
+    # every targeted projection of both blocks got an adapter
+    assert sum("lora_A" in n for n in names) == 2 * 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj per block
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_nf4_quantizes_projections_but_not_the_head(tiny_model_path, tokenizer, lora_config, bnb_config):
+    model = build_variant("nf4_lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config, bnb_config=bnb_config)
+    quantized = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(quantized) == 2 * 4
+    layer = models.first_module_named(model, "c_attn").base_layer
+    assert layer.weight.dtype == torch.uint8 and layer.weight.quant_state.quant_type == "nf4"
+    assert layer.weight.numel() == 64 * 192 // 2  # two 4-bit codes per byte
+    head = model.base_model.model.score
+    assert not isinstance(head.modules_to_save["default"], bnb.nn.Linear4bit)
+    assert head.modules_to_save["default"].weight.requires_grad
+    assert model.base_model.model.is_gradient_checkpointing
+    lora_only = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
+    assert model.get_memory_footprint() < lora_only.get_memory_footprint()
+
+
+def test_same_seed_same_initial_adapter(tiny_model_path, tokenizer, lora_config):
+    a = build_variant("lora", tiny_model_path, tokenizer, seed=1, lora_config=lora_config)
+    b = build_variant("lora", tiny_model_path, tokenizer, seed=1, lora_config=lora_config)
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_count_parameters(tiny_model_path, tokenizer):
+    model = build_variant("head_only", tiny_model_path, tokenizer, seed=0)
+    counts = models.count_parameters(model)
+    assert counts["trainable"] == 64 * 2 and counts["total"] == sum(p.numel() for p in model.parameters())
