@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from transformers import BitsAndBytesConfig
+from transformers import BitsAndBytesConfig, DataCollatorWithPadding
 
-from peft_sentiment.data import LABEL_NAMES
+from peft_sentiment.data import LABEL_NAMES, encode_reviews
 from peft_sentiment.models import load_classifier, load_tokenizer, resolve_model
 from peft_sentiment.report import VARIANT_LABELS
 
@@ -50,6 +50,7 @@ def adapter_meta(cfg, variant: str, model_path: str, bnb_config: BitsAndBytesCon
         "num_labels": len(LABEL_NAMES),
         "labels": list(LABEL_NAMES),
         "max_length": cfg.max_length,
+        "prompt_suffix": cfg.prompt_suffix,
         "profile": cfg.profile,
         "quantization": None if bnb_config is None else bnb_config.to_dict(),
     }
@@ -88,6 +89,8 @@ def model_card(meta: dict, record: dict | None) -> str:
             "",
             f"Trained in {record['train_seconds']:.0f} s on {record['device']['name']} ({record['created']}).",
         ]
+        if record.get("command"):
+            lines += ["", f"Reproduce: `{record['command']}`"]
     lines += ["", "Load it with `peft_sentiment.inference.load_adapter(folder)`.", ""]
     return "\n".join(lines)
 
@@ -128,16 +131,16 @@ def load_adapter(adapter_dir: str, model_path: str | None = None):
 
 
 @torch.inference_mode()
-def predict_reviews(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 32) -> list[dict]:
-    """Label and probability of the predicted label for each text, in input order."""
+def predict_reviews(model, tokenizer, texts: list[str], max_length: int, suffix: str = "", batch_size: int = 32) -> list[dict]:
+    """Label and probability of the predicted label for each text, in input order, encoded as in training."""
     if isinstance(texts, str):
         texts = [texts]
     device = next(model.parameters()).device
+    collator = DataCollatorWithPadding(tokenizer)
     results = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(
-            texts[start : start + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-        )
+        ids = encode_reviews(texts[start : start + batch_size], tokenizer, max_length, suffix)["input_ids"]
+        batch = collator([{"input_ids": row, "attention_mask": [1] * len(row)} for row in ids])
         probs = torch.softmax(model(**batch.to(device)).logits.float(), dim=-1)
         for row in probs.tolist():
             label = int(row[1] > row[0])

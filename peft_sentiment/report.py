@@ -16,7 +16,7 @@ LIBRARIES = ("torch", "transformers", "datasets", "peft", "bitsandbytes", "accel
 RECORD_KEYS = (
     "variant", "profile", "config", "model_path", "versions", "device", "params", "model_bytes", "metrics",
     "train_seconds", "eval_seconds", "train_tokens", "eval_tokens", "train_tokens_per_s", "eval_tokens_per_s",
-    "peak_memory_bytes", "log_history", "created",
+    "peak_memory_bytes", "log_history", "predictions", "created",
 )  # fmt: skip
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "accuracy_ci95", "test_reviews")
 VARIANT_LABELS = {"head_only": "head-only", "lora": "LoRA", "nf4_lora": "NF4 LoRA"}
@@ -217,3 +217,24 @@ def summarize_results(records: list[dict]) -> str:
             else "  Their 95% intervals do not overlap: the difference is larger than test-set noise."
         )
     return "\n".join(lines)
+
+
+def plot_accuracy_vs_cost(records: list[dict], baselines: list[dict] = ()):
+    """Test accuracy with its 95% interval against training time and against peak training memory."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for r in [*records, *baselines]:
+        label = VARIANT_LABELS.get(r["variant"], r["variant"].replace("tfidf_logreg", "TF-IDF + LR"))
+        acc = r["metrics"]["accuracy"]
+        low, high = r["metrics"]["accuracy_ci95"]
+        for ax, x in zip(axes, (r["train_seconds"], r["peak_memory_bytes"]["train"] / 1e6), strict=True):
+            ax.errorbar(x, acc, yerr=[[acc - low], [high - acc]], fmt="o", capsize=4, label=label)
+            ax.annotate(label, (x, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    axes[0].set(xscale="log", xlabel="training time (s, log scale)", ylabel="test accuracy (95% CI)")
+    axes[1].set(xlabel="peak training memory (MB)")
+    device = records[0]["device"]["name"] if records else ""
+    fig.suptitle(f"Accuracy vs cost, profile {records[0]['profile'] if records else '?'} on {device}", fontsize=10)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

@@ -6,12 +6,16 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import torch
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+from datasets import Dataset
+from torch import nn
+from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator, set_seed
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from peft_sentiment.config import Config, check_variant, config_to_dict
-from peft_sentiment.metrics import accuracy_interval, compute_metrics
+from peft_sentiment.metrics import accuracy_interval, classification_metrics, compute_metrics, positive_probabilities
 from peft_sentiment.models import BUILDERS, count_parameters
 from peft_sentiment.report import device_info, library_versions
 
@@ -91,7 +95,7 @@ def make_training_args(cfg: Config, variant: str, **overrides) -> TrainingArgume
         # Batches of similar length: dynamic padding then wastes little (IMDB lengths vary 10x).
         train_sampling_strategy="group_by_length",
         eval_strategy="steps",
-        eval_steps=0.25,  # validation accuracy four times per run: a learning curve at little cost
+        eval_steps=1 / cfg.evals_per_run,  # a float below 1 is a fraction of the total steps
         logging_steps=0.05,
         save_strategy="no",
         bf16=bf16,  # mixed precision where the GPU has bf16; CPUs here have no fast bf16
@@ -104,6 +108,17 @@ def make_training_args(cfg: Config, variant: str, **overrides) -> TrainingArgume
     )
     settings.update(overrides)
     return TrainingArguments(**settings)
+
+
+def predict_in_order(trainer: Trainer, ds) -> tuple:
+    """`trainer.predict` on `ds`, run longest-first (least padding), with P(pos) per review in `ds` order."""
+    order = np.argsort(np.asarray(ds["length"]), kind="stable")[::-1]
+    # Length-grouped evaluation would shuffle batches; after training, order is ours to choose.
+    trainer.args.train_sampling_strategy = "sequential"
+    prediction = trainer.predict(ds.select(order), metric_key_prefix="test")
+    probabilities = np.empty(len(ds))
+    probabilities[order] = positive_probabilities(prediction.predictions)
+    return prediction, [round(float(p), 6) for p in probabilities]
 
 
 def make_trainer(model, tokenizer, args: TrainingArguments, train_ds, eval_ds) -> Trainer:
@@ -132,25 +147,121 @@ def train_and_evaluate(trainer: Trainer, test_ds) -> dict:
     counter.reset()
     with PeakMemory() as eval_memory:
         start = time.perf_counter()
-        prediction = trainer.predict(test_ds, metric_key_prefix="test")
+        prediction, probabilities = predict_in_order(trainer, test_ds)
         eval_seconds = time.perf_counter() - start
     eval_tokens = counter.tokens["eval"]
     counter.remove()
-    metrics = {k.removeprefix("test_"): v for k, v in prediction.metrics.items() if not k.endswith(("runtime", "per_second"))}
-    metrics.pop("loss", None)
-    low, high = accuracy_interval(metrics["accuracy"], len(test_ds))
-    return {
-        "metrics": {**metrics, "accuracy_ci95": [low, high], "test_reviews": len(test_ds)},
+    result = {
         "train_loss": train_output.training_loss,
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "train_tokens": train_tokens,
         "validation_tokens": val_tokens,
         "eval_tokens": eval_tokens,
-        "train_tokens_per_s": train_tokens["real"] / train_seconds,
-        "eval_tokens_per_s": eval_tokens["real"] / eval_seconds,
         "peak_memory_bytes": {"train": train_memory.peak_bytes, "eval": eval_memory.peak_bytes},
         "log_history": trainer.state.log_history,
+    }
+    result["predictions"] = probabilities
+    return result | summarize_test(prediction, len(test_ds), train_seconds, eval_seconds, train_tokens, eval_tokens)
+
+
+class FeatureHead(nn.Module):
+    """The classifier's own `score` layer, applied to cached features: what it sees inside the model."""
+
+    def __init__(self, score: nn.Linear):
+        super().__init__()
+        self.score = score
+
+    def forward(self, features, labels=None):
+        logits = self.score(features)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+@torch.inference_mode()
+def extract_features(model, dataset, tokenizer, batch_size: int) -> tuple[torch.Tensor, dict]:
+    """The hidden state the head reads (last real token), one frozen forward pass per review, in dataset order.
+
+    Reviews go through in length order, so each batch pads to a near-equal length.
+    """
+    collator = DataCollatorWithPadding(tokenizer)
+    backbone = model.base_model  # GPT2Model / LlamaModel: everything below the head
+    device = next(model.parameters()).device
+    order = sorted(range(len(dataset)), key=lambda i: dataset[i]["length"])
+    columns = dataset.select_columns(["input_ids", "attention_mask"])
+    features = torch.empty(len(dataset), model.score.in_features)
+    tokens = {"real": 0, "padded": 0}
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = collator([columns[i] for i in rows]).to(device)
+        hidden = backbone(**batch).last_hidden_state
+        mask = batch["attention_mask"]
+        last = (mask * torch.arange(mask.shape[1], device=device)).argmax(-1)  # last real token, either padding side
+        features[rows] = hidden[torch.arange(len(rows), device=device), last].float().cpu()
+        tokens["real"] += int(mask.sum())
+        tokens["padded"] += int(mask.numel())
+    return features, tokens
+
+
+def feature_dataset(features: torch.Tensor, labels) -> Dataset:
+    """Cached features with their labels, as the Trainer expects."""
+    return Dataset.from_dict({"features": features.numpy(), "labels": list(labels)}).with_format("torch")
+
+
+def train_head_on_features(cfg: Config, model, tokenizer, splits) -> tuple[Trainer, dict]:
+    """Head-only training that pays the frozen forward pass once per review instead of once per epoch."""
+    batch = cfg.eval_batch_size
+    with PeakMemory() as train_memory:
+        start = time.perf_counter()
+        train_x, train_tokens = extract_features(model, splits["train"], tokenizer, batch)
+        val_x, val_tokens = extract_features(model, splits["validation"], tokenizer, batch)
+        forward_seconds = time.perf_counter() - start
+        head = FeatureHead(model.score)  # shares the weights: training it trains the model's head
+        args = make_training_args(cfg, "head_only", num_train_epochs=cfg.head_epochs, train_sampling_strategy="random")
+        trainer = Trainer(
+            model=head,
+            args=args,
+            train_dataset=feature_dataset(train_x, splits["train"]["label"]),
+            eval_dataset=feature_dataset(val_x, splits["validation"]["label"]),
+            data_collator=default_data_collator,
+            compute_metrics=compute_metrics,
+        )
+        train_output = trainer.train()
+        train_seconds = time.perf_counter() - start
+    with PeakMemory() as eval_memory:
+        start = time.perf_counter()
+        test_x, eval_tokens = extract_features(model, splits["test"], tokenizer, batch)
+        prediction = trainer.predict(feature_dataset(test_x, splits["test"]["label"]), metric_key_prefix="test")
+        probabilities = [round(float(p), 6) for p in positive_probabilities(prediction.predictions)]  # sequential: in order
+        eval_seconds = time.perf_counter() - start
+    result = {
+        "train_loss": train_output.training_loss,
+        "train_seconds": train_seconds,
+        "feature_seconds": forward_seconds,
+        "head_epochs": cfg.head_epochs,
+        "eval_seconds": eval_seconds,
+        "train_tokens": train_tokens,
+        "validation_tokens": val_tokens,
+        "eval_tokens": eval_tokens,
+        "peak_memory_bytes": {"train": train_memory.peak_bytes, "eval": eval_memory.peak_bytes},
+        "log_history": trainer.state.log_history,
+        "predictions": probabilities,
+    }
+    return trainer, result | summarize_test(
+        prediction, len(splits["test"]), train_seconds, eval_seconds, train_tokens, eval_tokens
+    )
+
+
+def summarize_test(prediction, n_test: int, train_seconds, eval_seconds, train_tokens, eval_tokens) -> dict:
+    """Test metrics with the accuracy's 95% interval, and throughput in real tokens per second."""
+    metrics = {k.removeprefix("test_"): v for k, v in prediction.metrics.items() if not k.endswith(("runtime", "per_second"))}
+    metrics.pop("loss", None)
+    low, high = accuracy_interval(metrics["accuracy"], n_test)
+    return {
+        "metrics": {**metrics, "accuracy_ci95": [low, high], "test_reviews": n_test},
+        "train_tokens_per_s": train_tokens["real"] / train_seconds,
+        "eval_tokens_per_s": eval_tokens["real"] / eval_seconds,
     }
 
 
@@ -164,8 +275,11 @@ def build_variant(variant: str, model_path: str, tokenizer, *, seed: int, lora_c
 
 def train_variant(cfg: Config, variant: str, model, tokenizer, splits) -> tuple:
     """Train `model` on splits["train"], evaluate on splits["test"]; returns (trainer, record)."""
-    trainer = make_trainer(model, tokenizer, make_training_args(cfg, variant), splits["train"], splits["validation"])
-    result = train_and_evaluate(trainer, splits["test"])
+    if variant == "head_only" and cfg.head_on_cached_features:
+        trainer, result = train_head_on_features(cfg, model, tokenizer, splits)
+    else:
+        trainer = make_trainer(model, tokenizer, make_training_args(cfg, variant), splits["train"], splits["validation"])
+        result = train_and_evaluate(trainer, splits["test"])
     record = {
         "variant": variant,
         "profile": cfg.profile,
@@ -179,3 +293,43 @@ def train_variant(cfg: Config, variant: str, model, tokenizer, splits) -> tuple:
         **result,
     }
     return trainer, record
+
+
+def train_tfidf_baseline(splits, seed: int, cs=(0.3, 1.0, 3.0, 10.0, 30.0)) -> dict:
+    """TF-IDF (word 1-2 grams) + logistic regression on the same subsets; C chosen on validation, never test."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    def clean(texts):
+        return [t.replace("<br />", "\n") for t in texts]
+
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+        train_x = vectorizer.fit_transform(clean(splits["train"]["text"]))
+        val_x = vectorizer.transform(clean(splits["validation"]["text"]))
+        scores = {}
+        for c in cs:
+            clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(train_x, splits["train"]["label"])
+            scores[c] = clf.score(val_x, splits["validation"]["label"])
+        best_c = max(scores, key=scores.get)
+        clf = LogisticRegression(C=best_c, max_iter=2000, random_state=seed).fit(train_x, splits["train"]["label"])
+        train_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        probs = clf.predict_proba(vectorizer.transform(clean(splits["test"]["text"])))[:, 1]
+        eval_seconds = time.perf_counter() - start
+    metrics = classification_metrics(splits["test"]["label"], probs)
+    n_test = len(splits["test"])
+    return {
+        "variant": "tfidf_logreg",
+        "metrics": {**metrics, "accuracy_ci95": list(accuracy_interval(metrics["accuracy"], n_test)), "test_reviews": n_test},
+        "validation_accuracy_by_C": {str(c): s for c, s in scores.items()},
+        "C": best_c,
+        "features": len(vectorizer.vocabulary_),
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "peak_memory_bytes": {"train": memory.peak_bytes},
+        "versions": library_versions(),
+        "device": device_info(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

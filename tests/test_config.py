@@ -29,7 +29,7 @@ def test_data_dir_comes_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_unknown_profile_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="Valid profiles: full, smoke"):
+    with pytest.raises(ValueError, match="Valid profiles: full, cpu, smoke"):
         make_config("fast")
 
 

@@ -17,6 +17,7 @@ def fake_record(variant, accuracy, seconds, model_bytes):
         "eval_tokens": {"real": 5, "padded": 6}, "train_tokens_per_s": 10.0, "eval_tokens_per_s": 5.0,
         "peak_memory_bytes": {"train": 2e9, "eval": 1e9},
         "log_history": [{"step": 1, "loss": 0.7}, {"step": 2, "loss": 0.6, "eval_accuracy": 0.6}], "created": "now",
+        "predictions": [0.9, 0.1],
     }  # fmt: skip
 
 
@@ -60,3 +61,10 @@ def test_plots_draw_one_bar_per_variant(records):
     fig = report.plot_comparison(records)
     assert [len(ax.patches) for ax in fig.axes] == [3, 3, 3]
     assert len(report.plot_learning_curves(records).axes[0].lines) == 3
+
+
+def test_accuracy_vs_cost_plot_has_every_method(records):
+    baseline = {**fake_record("lora", 0.85, 1.0, 0), "variant": "tfidf_logreg"}
+    fig = report.plot_accuracy_vs_cost(records, [baseline])
+    assert [len(ax.texts) for ax in fig.axes] == [4, 4]
+    assert "TF-IDF + LR" in [t.get_text() for t in fig.axes[0].texts]

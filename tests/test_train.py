@@ -1,8 +1,21 @@
 import pytest
+import torch
+from transformers import DataCollatorWithPadding
 
 from peft_sentiment import VARIANTS
+from peft_sentiment.inference import predict_reviews
 from peft_sentiment.report import check_record
-from peft_sentiment.train import TokenCounter, build_variant, make_trainer, make_training_args, train_variant
+from peft_sentiment.train import (
+    TokenCounter,
+    build_variant,
+    extract_features,
+    feature_dataset,
+    make_trainer,
+    make_training_args,
+    train_head_on_features,
+    train_tfidf_baseline,
+    train_variant,
+)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -51,3 +64,51 @@ def test_same_seed_same_metrics(toy_cfg, tiny_model_path, tokenizer, toy_tokeniz
         model = build_variant("head_only", tiny_model_path, tokenizer, seed=toy_cfg.seed)
         results.append(train_variant(toy_cfg, "head_only", model, tokenizer, toy_tokenized)[1]["metrics"])
     assert results[0] == results[1]
+
+
+def test_cached_features_are_exactly_what_the_head_sees(tiny_model_path, tokenizer, toy_tokenized):
+    model = build_variant("head_only", tiny_model_path, tokenizer, seed=0)
+    subset = toy_tokenized["test"].select(range(10))
+    features, tokens = extract_features(model, subset, tokenizer, batch_size=4)
+    assert tokens["real"] == sum(subset["length"])
+    collator = DataCollatorWithPadding(tokenizer)
+    with torch.no_grad():
+        for i in range(3):  # one review at a time: no padding at all inside the model
+            row = collator([subset.select_columns(["input_ids", "attention_mask"])[i]])
+            assert torch.allclose(model(**row).logits[0], model.score(features[i]), atol=1e-5)
+
+
+def test_head_on_cached_features_trains_the_models_own_head(toy_cfg, tiny_model_path, tokenizer, toy_tokenized):
+    model = build_variant("head_only", tiny_model_path, tokenizer, seed=0)
+    start = model.score.weight.detach().clone()
+    trainer, result = train_head_on_features(toy_cfg, model, tokenizer, toy_tokenized)
+    assert not torch.equal(model.score.weight, start), "the trained head is the model's head"
+    assert result["train_tokens"]["real"] == sum(toy_tokenized["train"]["length"])  # one forward pass per review
+    assert result["metrics"]["test_reviews"] == len(toy_tokenized["test"])
+    # the whole model now predicts what the head predicted on cached features
+    probs = trainer.predict(
+        feature_dataset(extract_features(model, toy_tokenized["test"], tokenizer, 8)[0], toy_tokenized["test"]["label"])
+    )
+    rows = DataCollatorWithPadding(tokenizer)([toy_tokenized["test"].select_columns(["input_ids", "attention_mask"])[0]])
+    with torch.no_grad():
+        assert torch.allclose(model(**rows).logits[0], torch.as_tensor(probs.predictions[0]), atol=1e-5)
+
+
+def test_tfidf_baseline_tunes_on_validation_and_reports_test(toy_splits):
+    result = train_tfidf_baseline(toy_splits, seed=0, cs=(0.1, 10.0))
+    assert set(result["validation_accuracy_by_C"]) == {"0.1", "10.0"}
+    assert result["C"] == max((0.1, 10.0), key=lambda c: result["validation_accuracy_by_C"][str(c)])
+    assert result["metrics"]["test_reviews"] == len(toy_splits["test"])
+    assert result["metrics"]["accuracy"] > 0.9  # the toy labels are given by words: TF-IDF finds them
+
+
+def test_recorded_predictions_are_in_test_order(toy_cfg, tiny_model_path, tokenizer, toy_splits, toy_tokenized, lora_config):
+    model = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
+    _, record = train_variant(toy_cfg, "lora", model, tokenizer, toy_tokenized)
+    texts = toy_splits["test"]["text"][:8]
+    again = predict_reviews(model.eval(), tokenizer, texts, toy_cfg.max_length, toy_cfg.prompt_suffix)
+    recorded = record["predictions"][:8]
+    assert [o["probability"] if o["label"] == "pos" else 1 - o["probability"] for o in again] == pytest.approx(recorded, abs=1e-5)
+    labels = [int(p > 0.5) for p in record["predictions"]]
+    hits = sum(a == b for a, b in zip(labels, toy_splits["test"]["label"], strict=True))
+    assert hits / len(labels) == pytest.approx(record["metrics"]["accuracy"])
