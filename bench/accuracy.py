@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python " + shlex.join(["bench/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
     cfg = make_config(args.profile)
+    report.check_writable(cfg.records_dir, cfg.adapter_dir_f32, cfg.adapter_dir_nf4, cfg.work_dir)
     started = time.perf_counter()
     splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
     print(f"profile {cfg.profile}: {len(splits['train'])} train / {len(splits['validation'])} val / {len(splits['test'])} test")
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
     print(f"TF-IDF + LR: {baseline['metrics']['accuracy']:.4f} (C={baseline['C']}, {baseline['train_seconds']:.1f} s)")
 
     model_path = models.resolve_model(cfg.model_name, texts=splits["train"]["text"])
+    models.check_max_length(model_path, cfg.max_length)
     tokenizer = models.load_tokenizer(model_path)
     tokenized = data.tokenize_reviews(splits, tokenizer, cfg.max_length, cfg.prompt_suffix)
     lora_config, bnb_config = models.make_lora_config(cfg, model_path), models.make_bnb_config(cfg)

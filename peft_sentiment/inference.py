@@ -11,7 +11,7 @@ from peft import PeftModel
 from transformers import BitsAndBytesConfig, DataCollatorWithPadding
 
 from peft_sentiment.data import LABEL_NAMES, encode_reviews
-from peft_sentiment.models import load_classifier, load_tokenizer, resolve_model
+from peft_sentiment.models import architecture_of, load_classifier, load_tokenizer, resolve_model
 from peft_sentiment.report import VARIANT_LABELS
 
 META_FILE = "peft_sentiment.json"  # what the adapter was trained on, so it is loaded on the same base
@@ -47,6 +47,7 @@ def adapter_meta(cfg, variant: str, model_path: str, bnb_config: BitsAndBytesCon
         "variant": variant,
         "base_model": cfg.model_name,
         "base_model_path": model_path,
+        "base_architecture": architecture_of(model_path),
         "num_labels": len(LABEL_NAMES),
         "labels": list(LABEL_NAMES),
         "max_length": cfg.max_length,
@@ -122,12 +123,27 @@ def load_adapter(adapter_dir: str, model_path: str | None = None):
     if model_path is None:  # the path it was trained from, else the name resolved on this machine
         stored = meta["base_model_path"]
         model_path = stored if Path(stored).is_dir() else resolve_model(meta["base_model"])
+    check_adapter_base(meta, model_path, adapter_dir)
     tokenizer = load_tokenizer(adapter_dir)
     bnb_config = BitsAndBytesConfig.from_dict(meta["quantization"]) if meta["quantization"] else None
     base = load_classifier(model_path, tokenizer.pad_token_id, bnb_config)
     model = PeftModel.from_pretrained(base, adapter_dir)  # reads adapter_model.safetensors only
     model.eval()
     return model, tokenizer
+
+
+def check_adapter_base(meta: dict, model_path: str, adapter_dir) -> None:
+    """Refuse a base model the adapter was not trained on, or a label count this project does not use."""
+    if meta.get("num_labels") != len(LABEL_NAMES):
+        raise ValueError(
+            f"{adapter_dir} was trained for {meta.get('num_labels')} labels; this project classifies {len(LABEL_NAMES)} ({LABEL_NAMES})."
+        )
+    expected, found = meta.get("base_architecture"), architecture_of(model_path)
+    if expected and expected != found:
+        raise ValueError(
+            f"{adapter_dir} was trained on {meta['base_model']} ({expected}), but {model_path} is {found}. "
+            f"Load it on its own base model: load_adapter({str(adapter_dir)!r}) without model_path, or model_path={meta['base_model']!r}."
+        )
 
 
 @torch.inference_mode()

@@ -141,6 +141,21 @@ def max_positions(model_path: str) -> int | None:
     return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
+def check_max_length(model_path: str, max_length: int) -> None:
+    """Raise before any work when `max_length` exceeds what the model can embed."""
+    limit = max_positions(model_path)
+    if limit is not None and max_length > limit:
+        raise ValueError(
+            f"max_length={max_length} exceeds the {limit} positions {model_path} can embed. Use max_length <= {limit}."
+        )
+
+
+def architecture_of(model_path: str) -> dict:
+    """What an adapter must match in its base model: architecture type and hidden size."""
+    config = AutoConfig.from_pretrained(model_path)
+    return {"model_type": config.model_type, "hidden_size": config.hidden_size}
+
+
 def make_lora_config(cfg: Config, model_path: str) -> LoraConfig:
     """The LoRA settings of `cfg` for the architecture of `model_path`."""
     targets = cfg.lora_targets or lora_targets_for(model_path)

@@ -62,6 +62,20 @@ def write_json_atomic(data, path: Path) -> Path:
     return path
 
 
+def check_writable(*folders: str) -> None:
+    """Raise before training when an output folder cannot be written (nothing is created or overwritten)."""
+    for folder in folders:
+        existing = Path(folder).resolve()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise NotADirectoryError(f"Cannot write to {folder}: {existing} is a file, not a folder. Choose another folder.")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(
+                f"Cannot write to {folder} ({existing} is not writable). Choose another folder in the parameters."
+            )
+
+
 def write_record(record: dict, records_dir: str) -> Path:
     """Save one variant's record as `<records_dir>/<variant>.json`."""
     check_record(record)
@@ -238,3 +252,60 @@ def plot_accuracy_vs_cost(records: list[dict], baselines: list[dict] = ()):
     axes[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def read_baselines(records_dir: str) -> list[dict]:
+    """Baseline records (TF-IDF + LR) written beside the variants' records."""
+    return [json.loads(p.read_text()) for p in sorted((Path(records_dir) / "baselines").glob("*.json"))]
+
+
+def results_section(records_dir: str) -> str:
+    """The README's block for one records folder: what ran where, then the table."""
+    records = read_records(records_dir)
+    if not records:
+        return f"No records in `{records_dir}`."
+    first, cfg = records[0], records[0]["config"]
+    rows = [
+        f"**Profile `{first['profile']}`**: model `{cfg['model_name']}`, IMDB train {cfg['train_size'] or 'all'}"
+        f" / validation {cfg['val_size']} / test {first['metrics']['test_reviews']} reviews (balanced, seed {cfg['seed']}), "
+        f"max length {cfg['max_length']}; {first['device']['name']} ({first['device'].get('cores', first['device'].get('count'))} "
+        f"{'cores' if first['device']['type'] == 'cpu' else 'GPUs'}), {first['created'][:10]}.",
+        "",
+        markdown_table(records),
+    ]
+    for b in read_baselines(records_dir):
+        low, high = b["metrics"]["accuracy_ci95"]
+        rows.append(
+            f"| TF-IDF + LR (baseline) | {b['metrics']['accuracy']:.3f} | {low:.3f}-{high:.3f} | {b['metrics']['f1']:.3f} | "
+            f"{b['metrics']['roc_auc']:.3f} | - | - | {b['train_seconds']:.0f} | {b['peak_memory_bytes']['train'] / 1e6:,.0f} | - | - |"
+        )
+    commands = sorted({r["command"] for r in records if r.get("command")})
+    if commands:
+        rows += ["", "Reproduce: " + ", ".join(f"`{c}`" for c in commands)]
+    return "\n".join(rows)
+
+
+def update_readme(readme: str, records_dirs: list[str]) -> str:
+    """Replace the README's results block with tables generated from `records_dirs`; returns the new text."""
+    text = Path(readme).read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} ... {README_END} block to fill.")
+    body = "\n\n".join(results_section(d) for d in records_dirs)
+    head, rest = text.split(README_START, 1)
+    new = f"{head}{README_START}\n{body}\n{README_END}{rest.split(README_END, 1)[1]}"
+    Path(readme).write_text(new)
+    return new
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Regenerate the README's results tables from committed records.")
+    parser.add_argument("records_dirs", nargs="+", help="e.g. results/cpu")
+    parser.add_argument("--readme", default="README.md")
+    args = parser.parse_args()
+    update_readme(args.readme, args.records_dirs)
+    print(f"{args.readme}: results block regenerated from {', '.join(args.records_dirs)}")

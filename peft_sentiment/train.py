@@ -11,6 +11,7 @@ import psutil
 import torch
 from datasets import Dataset
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator, set_seed
 from transformers.modeling_outputs import SequenceClassifierOutput
 
@@ -192,7 +193,7 @@ def extract_features(model, dataset, tokenizer, batch_size: int) -> tuple[torch.
     features = torch.empty(len(dataset), model.score.in_features)
     tokens = {"real": 0, "padded": 0}
     model.eval()
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc="Frozen forward pass", unit="batch"):
         rows = order[start : start + batch_size]
         batch = collator([columns[i] for i in rows]).to(device)
         hidden = backbone(**batch).last_hidden_state

@@ -85,3 +85,20 @@ def test_a_crash_mid_save_leaves_the_previous_adapter_intact(saved, tokenizer, t
         inference.save_adapter(model, tokenizer, target, meta)
     assert (target / "adapter_model.safetensors").read_bytes() == before
     inference.load_adapter(target)  # still loads
+
+
+def test_adapter_on_another_base_or_label_count_is_refused(saved, tmp_path, toy_cfg):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    other = tmp_path / "wider-gpt2"
+    GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_head=2, n_embd=32, vocab_size=300, n_positions=64)).save_pretrained(
+        other
+    )
+    with pytest.raises(ValueError, match="was trained on tiny-gpt2"):
+        inference.load_adapter(saved["lora"][1], model_path=str(other))
+    relabelled = tmp_path / "three_labels"
+    shutil.copytree(saved["lora"][1], relabelled)
+    meta = json.loads((relabelled / inference.META_FILE).read_text())
+    (relabelled / inference.META_FILE).write_text(json.dumps({**meta, "num_labels": 3}))
+    with pytest.raises(ValueError, match="trained for 3 labels"):
+        inference.load_adapter(relabelled)

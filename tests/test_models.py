@@ -74,3 +74,9 @@ def test_count_parameters(tiny_model_path, tokenizer):
     model = build_variant("head_only", tiny_model_path, tokenizer, seed=0)
     counts = models.count_parameters(model)
     assert counts["trainable"] == 64 * 2 and counts["total"] == sum(p.numel() for p in model.parameters())
+
+
+def test_max_length_beyond_the_models_positions_is_refused(tiny_model_path):
+    models.check_max_length(tiny_model_path, 256)
+    with pytest.raises(ValueError, match="exceeds the 256 positions"):
+        models.check_max_length(tiny_model_path, 512)

@@ -68,3 +68,33 @@ def test_accuracy_vs_cost_plot_has_every_method(records):
     fig = report.plot_accuracy_vs_cost(records, [baseline])
     assert [len(ax.texts) for ax in fig.axes] == [4, 4]
     assert "TF-IDF + LR" in [t.get_text() for t in fig.axes[0].texts]
+
+
+def test_readme_results_block_is_generated_from_records(records, tmp_path):
+    for r in records:
+        report.write_record(
+            {**r, "config": {"seed": 0, "model_name": "m", "train_size": 1000, "val_size": 200, "max_length": 256}},
+            tmp_path / "rec",
+        )
+    baseline = {**fake_record("lora", 0.85, 3.0, 0), "variant": "tfidf_logreg"}
+    report.write_json_atomic(baseline, tmp_path / "rec" / "baselines" / "tfidf_logreg.json")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\noutro\n")
+    text = report.update_readme(readme, [tmp_path / "rec"])
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "| LoRA | 0.880 |" in text and "| TF-IDF + LR (baseline) | 0.850 |" in text
+    assert "IMDB train 1000 / validation 200 / test 100 reviews" in text
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="results:start"):
+        report.update_readme(readme, [tmp_path / "rec"])
+
+
+def test_unwritable_output_folder_is_refused_before_work(tmp_path, monkeypatch):
+    report.check_writable(tmp_path / "fine" / "deeper")  # missing folders are fine: they will be created
+    assert not (tmp_path / "fine").exists(), "checking creates nothing"
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        report.check_writable(tmp_path / "a_file" / "records")
+    monkeypatch.setattr(report.os, "access", lambda *args: False)  # permission bits do not bind root: simulate
+    with pytest.raises(PermissionError, match="not writable"):
+        report.check_writable(tmp_path / "records")
