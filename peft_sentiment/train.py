@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator, set_seed
 from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.trainer_utils import get_last_checkpoint
 
 from peft_sentiment.config import Config, check_variant, config_to_dict
 from peft_sentiment.metrics import accuracy_interval, classification_metrics, compute_metrics, positive_probabilities
@@ -95,10 +96,14 @@ def make_training_args(cfg: Config, variant: str, **overrides) -> TrainingArgume
         lr_scheduler_type="linear",
         # Batches of similar length: dynamic padding then wastes little (IMDB lengths vary 10x).
         train_sampling_strategy="group_by_length",
-        eval_strategy="steps",
-        eval_steps=1 / cfg.evals_per_run,  # a float below 1 is a fraction of the total steps
+        # A float below 1 is a fraction of the run's steps; 1.0 would mean "every step", so one pass is "epoch".
+        eval_strategy="steps" if cfg.evals_per_run > 1 else "epoch",
+        eval_steps=1 / cfg.evals_per_run if cfg.evals_per_run > 1 else None,
         logging_steps=0.05,
-        save_strategy="no",
+        # Checkpoints (adapter, optimizer, scheduler, RNG and data-order state) so a crashed run resumes exactly.
+        save_strategy="steps",
+        save_steps=cfg.checkpoint_every,
+        save_total_limit=1,
         bf16=bf16,  # mixed precision where the GPU has bf16; CPUs here have no fast bf16
         fp16=on_gpu and not bf16,
         report_to="none",
@@ -136,12 +141,19 @@ def make_trainer(model, tokenizer, args: TrainingArguments, train_ds, eval_ds) -
     )
 
 
-def train_and_evaluate(trainer: Trainer, test_ds) -> dict:
-    """Train, then evaluate on `test_ds`; the timings, token counts and peak memory of both phases."""
+def last_checkpoint(trainer: Trainer) -> str | None:
+    """The newest checkpoint in the trainer's output folder, or None."""
+    folder = Path(trainer.args.output_dir)
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def train_and_evaluate(trainer: Trainer, test_ds, resume: bool = False) -> dict:
+    """Train (from the last checkpoint when `resume`), then evaluate on `test_ds`; timings, tokens, memory."""
+    checkpoint = last_checkpoint(trainer) if resume else None
     counter = TokenCounter(trainer.model)
     with PeakMemory() as train_memory:
         start = time.perf_counter()
-        train_output = trainer.train()
+        train_output = trainer.train(resume_from_checkpoint=checkpoint)
         train_seconds = time.perf_counter() - start
     # Validation passes inside train() cost time too; they are reported, and excluded from train tokens.
     train_tokens, val_tokens = counter.tokens["train"], counter.tokens["eval"]
@@ -152,18 +164,16 @@ def train_and_evaluate(trainer: Trainer, test_ds) -> dict:
         eval_seconds = time.perf_counter() - start
     eval_tokens = counter.tokens["eval"]
     counter.remove()
-    result = {
-        "train_loss": train_output.training_loss,
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "train_tokens": train_tokens,
-        "validation_tokens": val_tokens,
-        "eval_tokens": eval_tokens,
-        "peak_memory_bytes": {"train": train_memory.peak_bytes, "eval": eval_memory.peak_bytes},
-        "log_history": trainer.state.log_history,
-    }
-    result["predictions"] = probabilities
-    return result | summarize_test(prediction, len(test_ds), train_seconds, eval_seconds, train_tokens, eval_tokens)
+    result = measured_result(
+        trainer,
+        train_output,
+        prediction,
+        probabilities,
+        seconds={"train": train_seconds, "eval": eval_seconds},
+        tokens={"train": train_tokens, "validation": val_tokens, "eval": eval_tokens},
+        memory={"train": train_memory, "eval": eval_memory},
+    )
+    return result | {"resumed_from": checkpoint}  # then time and tokens cover only the resumed part
 
 
 class FeatureHead(nn.Module):
@@ -196,7 +206,8 @@ def extract_features(model, dataset, tokenizer, batch_size: int) -> tuple[torch.
     for start in tqdm(range(0, len(order), batch_size), desc="Frozen forward pass", unit="batch"):
         rows = order[start : start + batch_size]
         batch = collator([columns[i] for i in rows]).to(device)
-        hidden = backbone(**batch).last_hidden_state
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and torch.cuda.is_bf16_supported()):
+            hidden = backbone(**batch).last_hidden_state
         mask = batch["attention_mask"]
         last = (mask * torch.arange(mask.shape[1], device=device)).argmax(-1)  # last real token, either padding side
         features[rows] = hidden[torch.arange(len(rows), device=device), last].float().cpu()
@@ -213,13 +224,16 @@ def feature_dataset(features: torch.Tensor, labels) -> Dataset:
 def train_head_on_features(cfg: Config, model, tokenizer, splits) -> tuple[Trainer, dict]:
     """Head-only training that pays the frozen forward pass once per review instead of once per epoch."""
     batch = cfg.eval_batch_size
+    args = make_training_args(
+        cfg, "head_only", num_train_epochs=cfg.head_epochs, train_sampling_strategy="random", save_strategy="no"
+    )
+    model.to(args.device)  # the Trainer would do it for the head only; the frozen pass needs the GPU too
     with PeakMemory() as train_memory:
         start = time.perf_counter()
         train_x, train_tokens = extract_features(model, splits["train"], tokenizer, batch)
         val_x, val_tokens = extract_features(model, splits["validation"], tokenizer, batch)
         forward_seconds = time.perf_counter() - start
         head = FeatureHead(model.score)  # shares the weights: training it trains the model's head
-        args = make_training_args(cfg, "head_only", num_train_epochs=cfg.head_epochs, train_sampling_strategy="random")
         trainer = Trainer(
             model=head,
             args=args,
@@ -236,33 +250,36 @@ def train_head_on_features(cfg: Config, model, tokenizer, splits) -> tuple[Train
         prediction = trainer.predict(feature_dataset(test_x, splits["test"]["label"]), metric_key_prefix="test")
         probabilities = [round(float(p), 6) for p in positive_probabilities(prediction.predictions)]  # sequential: in order
         eval_seconds = time.perf_counter() - start
-    result = {
-        "train_loss": train_output.training_loss,
-        "train_seconds": train_seconds,
-        "feature_seconds": forward_seconds,
-        "head_epochs": cfg.head_epochs,
-        "eval_seconds": eval_seconds,
-        "train_tokens": train_tokens,
-        "validation_tokens": val_tokens,
-        "eval_tokens": eval_tokens,
-        "peak_memory_bytes": {"train": train_memory.peak_bytes, "eval": eval_memory.peak_bytes},
-        "log_history": trainer.state.log_history,
-        "predictions": probabilities,
-    }
-    return trainer, result | summarize_test(
-        prediction, len(splits["test"]), train_seconds, eval_seconds, train_tokens, eval_tokens
+    result = measured_result(
+        trainer,
+        train_output,
+        prediction,
+        probabilities,
+        seconds={"train": train_seconds, "eval": eval_seconds},
+        tokens={"train": train_tokens, "validation": val_tokens, "eval": eval_tokens},
+        memory={"train": train_memory, "eval": eval_memory},
     )
+    return trainer, result | {"feature_seconds": forward_seconds, "head_epochs": cfg.head_epochs}
 
 
-def summarize_test(prediction, n_test: int, train_seconds, eval_seconds, train_tokens, eval_tokens) -> dict:
-    """Test metrics with the accuracy's 95% interval, and throughput in real tokens per second."""
+def measured_result(trainer, train_output, prediction, probabilities, seconds, tokens, memory) -> dict:
+    """The measured part of a record: loss, times, tokens, peak memory, test metrics with their 95% interval."""
     metrics = {k.removeprefix("test_"): v for k, v in prediction.metrics.items() if not k.endswith(("runtime", "per_second"))}
     metrics.pop("loss", None)
-    low, high = accuracy_interval(metrics["accuracy"], n_test)
+    n_test = len(probabilities)
     return {
-        "metrics": {**metrics, "accuracy_ci95": [low, high], "test_reviews": n_test},
-        "train_tokens_per_s": train_tokens["real"] / train_seconds,
-        "eval_tokens_per_s": eval_tokens["real"] / eval_seconds,
+        "metrics": {**metrics, "accuracy_ci95": list(accuracy_interval(metrics["accuracy"], n_test)), "test_reviews": n_test},
+        "train_loss": train_output.training_loss,
+        "train_seconds": seconds["train"],
+        "eval_seconds": seconds["eval"],
+        "train_tokens": tokens["train"],
+        "validation_tokens": tokens["validation"],
+        "eval_tokens": tokens["eval"],
+        "train_tokens_per_s": tokens["train"]["real"] / seconds["train"],
+        "eval_tokens_per_s": tokens["eval"]["real"] / seconds["eval"],
+        "peak_memory_bytes": {"train": memory["train"].peak_bytes, "eval": memory["eval"].peak_bytes},
+        "log_history": trainer.state.log_history,
+        "predictions": probabilities,
     }
 
 
@@ -274,13 +291,17 @@ def build_variant(variant: str, model_path: str, tokenizer, *, seed: int, lora_c
     )
 
 
-def train_variant(cfg: Config, variant: str, model, tokenizer, splits) -> tuple:
-    """Train `model` on splits["train"], evaluate on splits["test"]; returns (trainer, record)."""
+def train_variant(cfg: Config, variant: str, model, tokenizer, splits, resume: bool = False) -> tuple:
+    """Train `model` on splits["train"], evaluate on splits["test"]; returns (trainer, record).
+
+    With `resume`, LoRA variants continue from their last checkpoint in `cfg.work_dir` (head-only on
+    cached features has none: its only slow part, the frozen forward pass, is simply redone).
+    """
     if variant == "head_only" and cfg.head_on_cached_features:
         trainer, result = train_head_on_features(cfg, model, tokenizer, splits)
     else:
         trainer = make_trainer(model, tokenizer, make_training_args(cfg, variant), splits["train"], splits["validation"])
-        result = train_and_evaluate(trainer, splits["test"])
+        result = train_and_evaluate(trainer, splits["test"], resume=resume)
     record = {
         "variant": variant,
         "profile": cfg.profile,

@@ -80,3 +80,26 @@ def test_max_length_beyond_the_models_positions_is_refused(tiny_model_path):
     models.check_max_length(tiny_model_path, 256)
     with pytest.raises(ValueError, match="exceeds the 256 positions"):
         models.check_max_length(tiny_model_path, 512)
+
+
+def test_nf4_without_bitsandbytes_says_what_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_bitsandbytes(name, *args, **kwargs):
+        if name == "bitsandbytes":
+            raise ImportError("No module named 'bitsandbytes'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_bitsandbytes)
+    with pytest.raises(RuntimeError, match="pip install bitsandbytes"):
+        models.check_bitsandbytes()
+
+
+def test_no_code_enables_remote_code_or_pickles():
+    from pathlib import Path
+
+    sources = [p.read_text() for p in Path(models.__file__).parent.rglob("*.py")]
+    assert not any("trust_remote_code=True" in s for s in sources)
+    assert not any("torch.load(" in s or "import pickle" in s for s in sources)

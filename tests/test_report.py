@@ -98,3 +98,17 @@ def test_unwritable_output_folder_is_refused_before_work(tmp_path, monkeypatch):
     monkeypatch.setattr(report.os, "access", lambda *args: False)  # permission bits do not bind root: simulate
     with pytest.raises(PermissionError, match="not writable"):
         report.check_writable(tmp_path / "records")
+
+
+def test_a_crash_while_writing_a_record_keeps_the_previous_one(records, tmp_path, monkeypatch):
+    path = report.write_record(records[0], tmp_path)
+    before = path.read_text()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report.json, "dump", crash)
+    with pytest.raises(OSError, match="disk full"):
+        report.write_record({**records[0], "train_seconds": 99.0}, tmp_path)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temporary file left behind"

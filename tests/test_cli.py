@@ -1,0 +1,91 @@
+"""The command line: train, predict, report, exit codes, and resuming a killed run exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from peft_sentiment.cli import main, parse_overrides
+
+
+def toy_overrides(toy_imdb_dir, out):
+    return [
+        f"data_dir='{toy_imdb_dir}'", "train_size=96", "val_size=32", "test_size=64", "max_length=32",
+        f"adapter_dir_f32='{out}/f32'", f"adapter_dir_nf4='{out}/nf4'", f"records_dir='{out}/records'", f"work_dir='{out}/work'",
+    ]  # fmt: skip
+
+
+def sets(pairs):
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+def test_parse_overrides_reads_literals_and_rejects_junk():
+    assert parse_overrides(["lora_r=8", "lr_lora=3e-4", "data_dir=None", "model_name=gpt2"]) == {
+        "lora_r": 8, "lr_lora": 3e-4, "data_dir": None, "model_name": "gpt2"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_overrides(["lora_r"])
+
+
+def test_train_predict_report(toy_imdb_dir, tmp_path, capsys, monkeypatch):
+    assert main(["train", "--profile", "smoke", *sets(toy_overrides(toy_imdb_dir, tmp_path))]) == 0
+    records = sorted(p.name for p in (tmp_path / "records").glob("*.json"))
+    assert records == ["head_only.json", "lora.json", "nf4_lora.json"]
+    assert json.loads((tmp_path / "records" / "lora.json").read_text())["command"].startswith("python -m peft_sentiment train")
+    capsys.readouterr()
+
+    assert main(["predict", str(tmp_path / "f32"), "a good and lovely film", "awful"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all(line.split("\t")[0] in ("neg", "pos") for line in lines)
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("superb\n\nboring\n"))
+    assert main(["predict", str(tmp_path / "nf4")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+    assert main(["report", str(tmp_path / "records")]) == 0
+    assert "| NF4 LoRA |" in capsys.readouterr().out
+
+
+def test_bad_input_exits_2_with_a_message(capsys, tmp_path):
+    assert main(["train", "--profile", "smoke", "--set", "lora_rank=8"]) == 2
+    assert "Valid parameters" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "nowhere"), "text"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--profile", "smoke", "--variants", "prefix"])
+    assert exit_info.value.code == 2
+
+
+def run_cli(args, **kwargs):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "peft_sentiment", *args], env=env, **kwargs)
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_metrics(toy_imdb_dir, tmp_path):
+    # 96 reviews, batch 16, 12 epochs: 72 steps, a checkpoint every 6.
+    common = ["train", "--profile", "smoke", "--variants", "lora", *sets(["epochs=12", "checkpoint_every=6", "evals_per_run=2"])]
+    straight = run_cli([*common, *sets(toy_overrides(toy_imdb_dir, tmp_path / "straight"))])
+    assert straight.wait(timeout=600) == 0
+
+    crashed = tmp_path / "crashed"
+    args = [*common, *sets(toy_overrides(toy_imdb_dir, crashed))]
+    proc = run_cli(args)
+    deadline = time.time() + 600
+    while not list((crashed / "work" / "lora").glob("checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, "the run ended before it wrote a checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (crashed / "records" / "lora.json").exists(), "killed before it finished"
+    assert run_cli([*args, "--resume"]).wait(timeout=600) == 0
+
+    done = json.loads((crashed / "records" / "lora.json").read_text())
+    reference = json.loads((tmp_path / "straight" / "records" / "lora.json").read_text())
+    assert done["resumed_from"] and "checkpoint-" in done["resumed_from"]
+    assert done["metrics"] == reference["metrics"]
+    assert done["predictions"] == reference["predictions"]
