@@ -69,12 +69,12 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_metrics(toy_imdb_di
     # 96 reviews, batch 16, 12 epochs: 72 steps, a checkpoint every 6.
     common = ["train", "--profile", "smoke", "--variants", "lora", *sets(["epochs=12", "checkpoint_every=6", "evals_per_run=2"])]
     straight = run_cli([*common, *sets(toy_overrides(toy_imdb_dir, tmp_path / "straight"))])
-    assert straight.wait(timeout=600) == 0
+    assert straight.wait(timeout=1800) == 0
 
     crashed = tmp_path / "crashed"
     args = [*common, *sets(toy_overrides(toy_imdb_dir, crashed))]
     proc = run_cli(args)
-    deadline = time.time() + 600
+    deadline = time.time() + 1800
     while not list((crashed / "work" / "lora").glob("checkpoint-*/trainer_state.json")):
         assert proc.poll() is None, "the run ended before it wrote a checkpoint"
         assert time.time() < deadline
@@ -82,7 +82,7 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_metrics(toy_imdb_di
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (crashed / "records" / "lora.json").exists(), "killed before it finished"
-    assert run_cli([*args, "--resume"]).wait(timeout=600) == 0
+    assert run_cli([*args, "--resume"]).wait(timeout=1800) == 0
 
     done = json.loads((crashed / "records" / "lora.json").read_text())
     reference = json.loads((tmp_path / "straight" / "records" / "lora.json").read_text())
