@@ -100,10 +100,15 @@ def prepare_splits(cfg: Config, imdb: DatasetDict) -> DatasetDict:
     return DatasetDict(train=train, validation=val, test=test)
 
 
+def strip_markup(texts: list[str]) -> list[str]:
+    """IMDB's `<br />` tags as newlines: markup, not sentiment, and several tokens each."""
+    return [t.replace("<br />", "\n") for t in texts]
+
+
 def encode_reviews(texts: list[str], tokenizer, max_length: int, suffix: str = "") -> dict[str, list]:
     """Token ids of each review, cut to leave room for `suffix`, then `suffix` appended; and the uncut length.
 
-    `<br />` tags (in ~58% of IMDB reviews) become newlines: markup, not sentiment, and ~6 tokens each.
+    `<br />` tags become newlines (`strip_markup`).
     A suffix such as "Overall, the review is" puts the model's own reading of the review into the last
     token, the one the classification head reads; it is never truncated away.
     """
@@ -116,7 +121,7 @@ def encode_reviews(texts: list[str], tokenizer, max_length: int, suffix: str = "
     # Silences "Token indices sequence length is longer than the specified maximum": we truncate below.
     previous, tokenizer.model_max_length = tokenizer.model_max_length, int(1e9)
     try:
-        full = tokenizer([t.replace("<br />", "\n") for t in texts], truncation=False)["input_ids"]
+        full = tokenizer(strip_markup(texts), truncation=False)["input_ids"]
     finally:
         tokenizer.model_max_length = previous
     ids = [row[:keep] + suffix_ids for row in full]

@@ -17,6 +17,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer_utils import get_last_checkpoint
 
 from peft_sentiment.config import Config, check_variant, config_to_dict
+from peft_sentiment.data import strip_markup
 from peft_sentiment.metrics import accuracy_interval, classification_metrics, compute_metrics, positive_probabilities
 from peft_sentiment.models import BUILDERS, count_parameters
 from peft_sentiment.report import device_info, library_versions
@@ -322,14 +323,11 @@ def train_tfidf_baseline(splits, seed: int, cs=(0.3, 1.0, 3.0, 10.0, 30.0)) -> d
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
-    def clean(texts):
-        return [t.replace("<br />", "\n") for t in texts]
-
     with PeakMemory() as memory:
         start = time.perf_counter()
         vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-        train_x = vectorizer.fit_transform(clean(splits["train"]["text"]))
-        val_x = vectorizer.transform(clean(splits["validation"]["text"]))
+        train_x = vectorizer.fit_transform(strip_markup(splits["train"]["text"]))
+        val_x = vectorizer.transform(strip_markup(splits["validation"]["text"]))
         scores = {}
         for c in cs:
             clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(train_x, splits["train"]["label"])
@@ -338,7 +336,7 @@ def train_tfidf_baseline(splits, seed: int, cs=(0.3, 1.0, 3.0, 10.0, 30.0)) -> d
         clf = LogisticRegression(C=best_c, max_iter=2000, random_state=seed).fit(train_x, splits["train"]["label"])
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        probs = clf.predict_proba(vectorizer.transform(clean(splits["test"]["text"])))[:, 1]
+        probs = clf.predict_proba(vectorizer.transform(strip_markup(splits["test"]["text"])))[:, 1]
         eval_seconds = time.perf_counter() - start
     metrics = classification_metrics(splits["test"]["label"], probs)
     n_test = len(splits["test"])
