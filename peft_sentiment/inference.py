@@ -11,7 +11,7 @@ from peft import PeftModel
 from transformers import BitsAndBytesConfig, DataCollatorWithPadding
 
 from peft_sentiment.data import LABEL_NAMES, encode_reviews
-from peft_sentiment.models import architecture_of, load_classifier, load_tokenizer, resolve_model
+from peft_sentiment.models import NF4_EMBEDDING_DTYPE, architecture_of, load_classifier, load_tokenizer, resolve_model
 from peft_sentiment.report import VARIANT_LABELS
 
 META_FILE = "peft_sentiment.json"  # what the adapter was trained on, so it is loaded on the same base
@@ -54,6 +54,8 @@ def adapter_meta(cfg, variant: str, model_path: str, bnb_config: BitsAndBytesCon
         "prompt_suffix": cfg.prompt_suffix,
         "profile": cfg.profile,
         "quantization": None if bnb_config is None else bnb_config.to_dict(),
+        # How the NF4 base stored its embeddings; adapters saved before this field existed used fp32.
+        "embedding_dtype": None if bnb_config is None else NF4_EMBEDDING_DTYPE,
     }
 
 
@@ -126,7 +128,7 @@ def load_adapter(adapter_dir: str, model_path: str | None = None):
     check_adapter_base(meta, model_path, adapter_dir)
     tokenizer = load_tokenizer(adapter_dir)
     bnb_config = BitsAndBytesConfig.from_dict(meta["quantization"]) if meta["quantization"] else None
-    base = load_classifier(model_path, tokenizer.pad_token_id, bnb_config)
+    base = load_classifier(model_path, tokenizer.pad_token_id, bnb_config, meta.get("embedding_dtype"))
     model = PeftModel.from_pretrained(base, adapter_dir)  # reads adapter_model.safetensors only
     model.eval()
     return model, tokenizer

@@ -34,6 +34,7 @@ LORA_TARGETS = {
     "gpt2": ("c_attn", "c_proj", "c_fc"),
     "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 }
+NF4_EMBEDDING_DTYPE = "bfloat16"  # what the NF4 variant stores its embedding tables in (store_embeddings_16bit)
 ID2LABEL = dict(enumerate(LABEL_NAMES))
 LABEL2ID = {name: i for i, name in ID2LABEL.items()}
 
@@ -180,8 +181,13 @@ def make_bnb_config(cfg: Config) -> BitsAndBytesConfig:
     )
 
 
-def load_classifier(model_path: str, pad_token_id: int, bnb_config: BitsAndBytesConfig | None = None):
-    """A two-label sequence classifier on `model_path`, in fp32 or quantized by `bnb_config`."""
+def load_classifier(
+    model_path: str, pad_token_id: int, bnb_config: BitsAndBytesConfig | None = None, embedding_dtype: str | None = None
+):
+    """A two-label sequence classifier on `model_path`, in fp32 or quantized by `bnb_config`.
+
+    `embedding_dtype` ("bfloat16") stores the embedding tables in 16 bits (see `store_embeddings_16bit`).
+    """
     kwargs = {}
     if bnb_config is not None:
         check_bitsandbytes()
@@ -199,7 +205,27 @@ def load_classifier(model_path: str, pad_token_id: int, bnb_config: BitsAndBytes
     )
     # GPT-2 has no pad token; the classifier pools the last non-pad token, so it must know the pad id.
     model.config.pad_token_id = pad_token_id
+    if embedding_dtype is not None:
+        store_embeddings_16bit(model, getattr(torch, embedding_dtype))
     return model
+
+
+def store_embeddings_16bit(model, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Store every embedding table in `dtype`; their outputs go on in fp32. Returns the bytes saved.
+
+    NF4 quantizes only the linear layers. The rest stays in fp32, and in GPT-2 most of that rest is
+    the token embedding (38.6M of 124M parameters: 154 MB, more than all the 4-bit weights).
+    An embedding is a frozen lookup table: storing it in bf16 (fp32's exponent range, so nothing can
+    overflow; 8 significant bits, twice what an NF4 weight keeps) halves it, and casting the looked-up
+    rows back to fp32 keeps everything after it exactly as before. Norms and the head stay in fp32.
+    """
+    saved = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) and module.weight.dtype != dtype:
+            saved += module.weight.numel() * (module.weight.element_size() - torch.finfo(dtype).bits // 8)
+            module.weight.data = module.weight.data.to(dtype)
+            module.register_forward_hook(lambda _module, _args, out: out.float())
+    return saved
 
 
 def check_bitsandbytes() -> None:
@@ -227,12 +253,17 @@ def build_lora_model(model_path: str, *, pad_token_id: int, lora_config: LoraCon
 
 
 def build_nf4_lora_model(model_path: str, *, pad_token_id: int, lora_config: LoraConfig, bnb_config: BitsAndBytesConfig):
-    """QLoRA: the model quantized to NF4, gradient checkpointing on, LoRA on top (peft's documented order)."""
+    """QLoRA: the model quantized to NF4, gradient checkpointing on, LoRA on top (peft's documented order).
+
+    prepare_model_for_kbit_training casts every 16-bit parameter to fp32 for stable training; the
+    embeddings are frozen lookups that need no such care, so they go back to 16 bits afterwards.
+    """
     model = load_classifier(model_path, pad_token_id, bnb_config)
     # use_reentrant=False: the non-reentrant checkpoint needs no input-grad hack and works with frozen inputs.
     model = prepare_model_for_kbit_training(
         model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
     )
+    store_embeddings_16bit(model, getattr(torch, NF4_EMBEDDING_DTYPE))
     return get_peft_model(model, lora_config)
 
 

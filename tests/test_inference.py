@@ -39,6 +39,20 @@ def test_save_load_gives_identical_logits(saved, variant, tokenizer):
     )
 
 
+def test_nf4_adapter_reloads_its_embedding_precision(saved, tmp_path):
+    folder = saved["nf4_lora"][1]
+    reloaded, _ = inference.load_adapter(folder)
+    assert {m.weight.dtype for m in reloaded.modules() if isinstance(m, torch.nn.Embedding)} == {torch.bfloat16}
+    # an adapter saved before the field existed was trained on fp32 embeddings: it gets them back
+    legacy = tmp_path / "legacy"
+    shutil.copytree(folder, legacy)
+    meta = json.loads((legacy / inference.META_FILE).read_text())
+    del meta["embedding_dtype"]
+    (legacy / inference.META_FILE).write_text(json.dumps(meta))
+    reloaded, _ = inference.load_adapter(legacy)
+    assert {m.weight.dtype for m in reloaded.modules() if isinstance(m, torch.nn.Embedding)} == {torch.float32}
+
+
 def test_model_card_states_base_profile_and_quantization(saved):
     card = (saved["nf4_lora"][1] / "README.md").read_text()
     assert "base_model: tiny-gpt2" in card and "Profile: `smoke`" in card and "NF4" in card

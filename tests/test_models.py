@@ -63,6 +63,22 @@ def test_nf4_quantizes_projections_but_not_the_head(tiny_model_path, tokenizer, 
     assert model.get_memory_footprint() < lora_only.get_memory_footprint()
 
 
+def test_nf4_stores_embeddings_in_bf16_and_computes_in_fp32(tiny_model_path, tokenizer, lora_config, bnb_config):
+    model = build_variant("nf4_lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config, bnb_config=bnb_config)
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    assert len(embeddings) == 2 and all(m.weight.dtype == torch.bfloat16 for m in embeddings)  # GPT-2: wte, wpe
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    hidden = model.base_model.model.transformer(input_ids=ids).last_hidden_state
+    assert hidden.dtype == torch.float32
+    # the fp32 copy of the same model differs from it only by the rounding of the looked-up rows
+    fp32 = models.load_classifier(tiny_model_path, tokenizer.pad_token_id)
+    saved = models.store_embeddings_16bit(fp32)
+    assert saved == sum(m.weight.numel() * 2 for m in embeddings)
+    assert fp32.transformer.wte(ids).dtype == torch.float32
+
+
 def test_same_seed_same_initial_adapter(tiny_model_path, tokenizer, lora_config):
     a = build_variant("lora", tiny_model_path, tokenizer, seed=1, lora_config=lora_config)
     b = build_variant("lora", tiny_model_path, tokenizer, seed=1, lora_config=lora_config)

@@ -1,0 +1,90 @@
+"""Execute the notebook top to bottom on a profile and commit-ready stamp it with how it was run.
+
+    python bench/notebook.py --profile cpu     # ~90 min on 2 CPU cores; rewrites project_peft.ipynb
+
+The executed copy replaces `project_peft.ipynb` only when every cell ran without error; its first
+cell then says which profile, date, machine, commit and wall time produced the outputs below it.
+A failed run is kept as runs/notebook-<profile>-failed.ipynb and the committed notebook is untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+from nbclient import NotebookClient
+
+from peft_sentiment import report
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "project_peft.ipynb"
+STAMP_TAG = "run-stamp"  # the stamp cell's tag: re-running replaces it instead of stacking stamps
+
+
+def git_commit() -> str:
+    """HEAD's short hash, with "+changes" when the working tree differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)
+    return head + ("+changes" if dirty.stdout.strip() else "")
+
+
+def stamp_cell(profile: str, started: float, seconds: float, command: str) -> nbformat.NotebookNode:
+    """A markdown cell saying how the outputs below were produced."""
+    device = report.device_info()
+    machine = device["name"] + (
+        f", {device['cores']} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB" if device["type"] == "cpu" else ""
+    )
+    versions = report.library_versions()
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    text = (
+        f"> **The outputs below come from one top-to-bottom run**: profile `{profile}`, started {when}, "
+        f"{seconds / 60:.0f} min wall time, on {machine} "
+        f"(torch {versions['torch']}, transformers {versions['transformers']}, peft {versions['peft']}), "
+        f"commit `{git_commit()}`. Command: `{command}`. To run it yourself, see the README's quick start."
+    )
+    return nbformat.v4.new_markdown_cell(text, metadata={"tags": [STAMP_TAG]})
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu", help="profile to execute (default: cpu)")
+    args = parser.parse_args(argv)
+    command = "python bench/notebook.py --profile " + args.profile
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb.cells = [c for c in nb.cells if STAMP_TAG not in c.metadata.get("tags", [])]
+    os.environ["PEFT_PROFILE"] = args.profile  # the kernel inherits it; the parameters cell reads it
+    client = NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
+    started = time.time()
+    code_cells = sum(c.cell_type == "code" for c in nb.cells)
+
+    def progress(cell, cell_index, **_):
+        if cell.cell_type == "code":
+            print(f"[{(time.time() - started) / 60:6.1f} min] cell {cell_index} done ({code_cells} code cells)", flush=True)
+
+    client.on_cell_executed = progress
+    try:
+        client.execute()
+    except Exception:
+        failed = ROOT / "runs" / f"notebook-{args.profile}-failed.ipynb"
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, failed)
+        print(f"The run failed; its partial outputs are in {failed}. {NOTEBOOK.name} is unchanged.", file=sys.stderr)
+        raise
+    seconds = time.time() - started
+    nb.cells.insert(0, stamp_cell(args.profile, started, seconds, command))
+    tmp = NOTEBOOK.with_name(f".{NOTEBOOK.name}.tmp")
+    nbformat.write(nb, tmp)
+    tmp.replace(NOTEBOOK)  # atomic: a crash here never leaves half a notebook
+    print(f"{NOTEBOOK.name}: executed on profile {args.profile} in {seconds / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
