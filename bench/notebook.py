@@ -34,7 +34,7 @@ def git_commit() -> str:
     return head + ("+changes" if dirty.stdout.strip() else "")
 
 
-def stamp_cell(profile: str, started: float, seconds: float, command: str) -> nbformat.NotebookNode:
+def stamp_cell(profile: str, started: float, seconds: float, command: str, commit: str) -> nbformat.NotebookNode:
     """A markdown cell saying how the outputs below were produced."""
     device = report.device_info()
     machine = device["name"] + (
@@ -46,7 +46,7 @@ def stamp_cell(profile: str, started: float, seconds: float, command: str) -> nb
         f"> **The outputs below come from one top-to-bottom run**: profile `{profile}`, started {when}, "
         f"{seconds / 60:.0f} min wall time, on {machine} "
         f"(torch {versions['torch']}, transformers {versions['transformers']}, peft {versions['peft']}), "
-        f"commit `{git_commit()}`. Command: `{command}`. To run it yourself, see the README's quick start."
+        f"commit `{commit}`. Command: `{command}`. To run it yourself, see the README's quick start."
     )
     return nbformat.v4.new_markdown_cell(text, metadata={"tags": [STAMP_TAG]})
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     nb.cells = [c for c in nb.cells if STAMP_TAG not in c.metadata.get("tags", [])]
     os.environ["PEFT_PROFILE"] = args.profile  # the kernel inherits it; the parameters cell reads it
     client = NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
-    started = time.time()
+    started, commit = time.time(), git_commit()  # the code that runs, whatever is committed meanwhile
     code_cells = sum(c.cell_type == "code" for c in nb.cells)
 
     def progress(cell, cell_index, **_):
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         print(f"The run failed; its partial outputs are in {failed}. {NOTEBOOK.name} is unchanged.", file=sys.stderr)
         raise
     seconds = time.time() - started
-    nb.cells.insert(0, stamp_cell(args.profile, started, seconds, command))
+    nb.cells.insert(0, stamp_cell(args.profile, started, seconds, command, commit))
     tmp = NOTEBOOK.with_name(f".{NOTEBOOK.name}.tmp")
     nbformat.write(nb, tmp)
     tmp.replace(NOTEBOOK)  # atomic: a crash here never leaves half a notebook

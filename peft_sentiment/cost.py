@@ -1,0 +1,95 @@
+"""What a step costs: FLOPs counted from the model's shapes, and the machine's matmul peak, for MFU.
+
+Counting convention (the usual one, e.g. PaLM's appendix): a matmul of an (m x k) by a (k x n) matrix
+costs 2mkn FLOPs. Per token, the forward pass costs 2 FLOPs per weight of every linear layer
+(embeddings are lookups: free), plus attention's two (s x s) products, 4 * s * hidden per layer for a
+sequence of s tokens (counted in full, as the kernels here compute them, causal mask or not).
+The backward pass costs what the variant really computes: 2 FLOPs per weight for the gradient of
+a layer's input (only when something below it trains), 2 more for its weight gradient (only when
+the weight trains), and twice attention's forward. Gradient checkpointing adds one more forward
+(hardware FLOPs, not model FLOPs: MFU counts the model's work, not the recomputation).
+`tests/test_cost.py` checks these counts against torch's own FlopCounterMode.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+MATMUL_LAYERS = ("Linear", "Conv1D", "Linear4bit")  # torch, GPT-2's (in, out) Linear, bitsandbytes NF4
+
+
+def matmul_params(model) -> dict[str, int]:
+    """Weights of the linear layers, split into frozen and trained (4-bit weights count as what they stand for).
+
+    `below_head` counts trained weights other than the classification head: when there are none,
+    the backward pass stops at the head (head-only), otherwise it runs through every layer (LoRA).
+    """
+    counts = {"frozen": 0, "trained": 0, "below_head": 0}
+    for name, module in model.named_modules():
+        if type(module).__name__ not in MATMUL_LAYERS or hasattr(module, "base_layer") or "original_module" in name:
+            continue  # peft wrappers (base layer and lora_A/B count on their own) and the head's unused frozen copy
+        weight = module.weight
+        n = module.in_features * module.out_features if hasattr(module, "in_features") else weight.numel()
+        if weight.requires_grad:
+            counts["trained"] += n
+            if "score" not in name.split("."):
+                counts["below_head"] += n
+        else:
+            counts["frozen"] += n
+    return counts
+
+
+def attention_shape(model) -> tuple[int, int]:
+    """(layers, hidden size) of a decoder; attention's products scale with both."""
+    config = model.config
+    return config.num_hidden_layers, config.hidden_size
+
+
+def forward_flops(params: dict, layers: int, hidden: int, lengths) -> float:
+    """FLOPs of one forward pass over sequences of `lengths` tokens."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    linear = 2 * (params["frozen"] + params["trained"]) * lengths.sum()
+    return float(linear + attention_flops(layers, hidden, lengths))
+
+
+def attention_flops(layers: int, hidden: int, lengths) -> float:
+    """Q @ K^T and weights @ V in every layer: 2 * s * s * hidden each, per sequence of s tokens."""
+    lengths = np.asarray(lengths, dtype=np.float64)
+    return float(4 * layers * hidden * (lengths**2).sum())
+
+
+def training_flops(params: dict, layers: int, hidden: int, lengths, recompute: bool = False) -> float:
+    """FLOPs of one training step (forward and backward) over sequences of `lengths` tokens.
+
+    `recompute`: gradient checkpointing runs the forward pass twice (hardware FLOPs).
+    """
+    lengths = np.asarray(lengths, dtype=np.float64)
+    tokens = lengths.sum()
+    forward = forward_flops(params, layers, hidden, lengths)
+    weight_grads = 2 * params["trained"] * tokens
+    if params["below_head"]:  # gradients flow through every layer to reach the adapters
+        input_grads = 2 * (params["frozen"] + params["trained"]) * tokens + 2 * attention_flops(layers, hidden, lengths)
+    else:
+        input_grads = 0.0
+    return float(forward * (2 if recompute else 1) + weight_grads + input_grads)
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 10, dtype=torch.float32, device: str | None = None) -> float:
+    """The best FLOP/s of an n x n matmul on this machine: the denominator of MFU, measured, not a datasheet's."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    best = float("inf")
+    for i in range(repeats + 2):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:  # the first calls warm caches and thread pools
+            best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best

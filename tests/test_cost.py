@@ -1,0 +1,56 @@
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from peft_sentiment import cost
+from peft_sentiment.train import build_variant
+
+
+def counted(model, ids, mask, train: bool) -> int:
+    """FLOPs torch itself counts for a forward (and backward) pass."""
+    with FlopCounterMode(display=False) as counter:
+        if train:
+            model(input_ids=ids, attention_mask=mask, labels=torch.zeros(len(ids), dtype=torch.long)).loss.backward()
+        else:
+            with torch.no_grad():
+                model(input_ids=ids, attention_mask=mask)
+    return counter.get_total_flops()
+
+
+@pytest.fixture
+def batch():
+    ids = torch.randint(5, 100, (3, 40))
+    return ids, torch.ones_like(ids)
+
+
+@pytest.mark.parametrize("variant", ["head_only", "lora"])
+def test_counted_flops_match_torch_flop_counter(variant, tiny_model_path, tokenizer, lora_config, batch):
+    model = build_variant(variant, tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
+    model.train()
+    params = cost.matmul_params(model)
+    layers, hidden = cost.attention_shape(model)
+    assert (layers, hidden) == (2, 64)
+    assert params["trained"] > 0 and (params["below_head"] > 0) == (variant == "lora")
+    lengths = [40, 40, 40]
+    assert cost.forward_flops(params, layers, hidden, lengths) == counted(model, *batch, train=False)
+    # backward: LoRA's first layer needs no input gradient, which the count ignores (a 2-layer model
+    # exaggerates that: 12 layers make it under 1%)
+    expected = counted(model, *batch, train=True)
+    assert cost.training_flops(params, layers, hidden, lengths) == pytest.approx(expected, rel=0.12)
+
+
+def test_nf4_weights_count_as_the_weights_they_stand_for(tiny_model_path, tokenizer, lora_config, bnb_config):
+    fp32 = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
+    nf4 = build_variant("nf4_lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config, bnb_config=bnb_config)
+    assert cost.matmul_params(nf4) == cost.matmul_params(fp32)
+
+
+def test_recompute_adds_one_forward_and_padding_costs_flops():
+    params = {"frozen": 1000, "trained": 10, "below_head": 8}
+    plain = cost.training_flops(params, 2, 16, [10, 20])
+    assert cost.training_flops(params, 2, 16, [10, 20], recompute=True) == plain + cost.forward_flops(params, 2, 16, [10, 20])
+    assert cost.forward_flops(params, 2, 16, [20, 20]) > cost.forward_flops(params, 2, 16, [10, 20])
+
+
+def test_matmul_peak_is_a_positive_rate():
+    assert cost.measure_matmul_peak(n=128, repeats=2) > 1e6
