@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
-from transformers import TrainerCallback
+from transformers import AutoConfig, TrainerCallback
 
 from peft_sentiment import VARIANTS, cost, data, models, report, train
 from peft_sentiment.config import make_config
@@ -58,6 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--head-epochs", type=int, default=10, help="head-only epochs the effective throughput is for")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--out", default=None, help="record path (default: results/throughput/<cpu|cuda>.json)")
+    parser.add_argument("--readme", help="also regenerate this README's throughput block from the record")
     parser.add_argument("--skip-tokenization", action="store_true", help="do not time tokenizing all 50,000 reviews")
     parser.add_argument("--worker", nargs=3, metavar=("VARIANT", "PIPELINE", "OUT"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -175,9 +176,9 @@ def measure_trainer_steps(cfg, variant, model, tokenizer, train_ds, pipeline, st
     with train.PeakMemory() as memory:
         trainer.train()
     shapes.remove()
-    # the forward calls of the timed steps: the first step (warm-up, and the Trainer's longest batch) is dropped
+    # the timed steps: the first (warm-up; group_by_length puts the longest batch first) is dropped
     seconds = step_log.ends[-1] - step_log.ends[1]
-    return seconds, shapes.calls[1:], memory.peak_bytes
+    return seconds, shapes.calls, memory.peak_bytes
 
 
 def measure_eval(cfg, variant, model, tokenizer, test_ds, order, k: int) -> tuple[float, list, int]:
@@ -251,7 +252,19 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
         result |= measure_cached_head(cfg, model, tokenizer, tokenized, params, shape, args)
     else:
         seconds, calls, peak = measure_trainer_steps(cfg, variant, model, tokenizer, tokenized["train"], pipeline, args.steps)
-        result["train"] = rates(seconds, calls, params, shape, "train", recompute) | {"peak_rss_bytes": peak}
+        result["train"] = rates(seconds, calls[1:], params, shape, "train", recompute) | {"peak_rss_bytes": peak}
+        longest = max(c["padded"] for c in calls)
+        estimate = cost.estimate_training_memory(
+            AutoConfig.from_pretrained(model_path), variant, cfg.train_batch_size, longest, cfg.lora_r, cfg.lora_targets
+        )
+        # what training adds to the loaded model: estimated vs measured (peak RSS minus RSS before training)
+        result["memory_check"] = {
+            "longest_batch": [cfg.train_batch_size, longest],
+            "estimate": estimate,
+            "estimated_added_bytes": estimate["total"] - estimate["weights"],
+            "measured_added_bytes": peak - result["rss_before_bytes"],
+            "estimated_weights_bytes": estimate["weights"],
+        }
         if pipeline == "project":
             rows = sample_batches(list(range(len(tokenized["train"]))), cfg.train_batch_size, 1, cfg.seed + 1)
             result["train_profile"] = profile_step(model, tokenizer, tokenized["train"], rows)
@@ -342,7 +355,7 @@ def run_all(args, argv) -> dict:
     if not args.skip_tokenization:
         record["tokenization"] = time_tokenization(args.data_dir, args.model, args.max_length)
         print(f"tokenization: {json.dumps(record['tokenization'])}", flush=True)
-    worker_argv = [a for a in argv if a not in ("--skip-tokenization",)]
+    worker_argv = [a for a in argv if a != "--skip-tokenization"]
     for variant in args.variants:
         for pipeline in PIPELINES:
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
@@ -374,6 +387,13 @@ def summarize(record: dict) -> dict:
             "eval_ratio": proj["eval"]["real_tokens_per_s"] / base["eval"]["real_tokens_per_s"],
             "model_bytes": proj["model_bytes"],
         }
+        checks = {name: run["memory_check"] for name, run in (("baseline", base), ("project", proj)) if "memory_check" in run}
+        if checks:  # the will-it-fit estimate against measurement
+            row["memory_estimate_error"] = {
+                name: c["estimated_added_bytes"] / c["measured_added_bytes"] - 1 for name, c in checks.items()
+            } | {
+                "weights": proj["model_bytes"] and checks[next(iter(checks))]["estimated_weights_bytes"] / proj["model_bytes"] - 1
+            }
         for name, run in (("baseline", base), ("project", proj)):
             row[name] = {
                 "train_real_tokens_per_s": run["train"]["real_tokens_per_s"],
@@ -444,7 +464,9 @@ def main(argv=None) -> int:
     out = Path(args.out or f"results/throughput/{record['device']['type']}.json")
     report.write_json_atomic(record, out)
     plot(record).savefig(out.with_suffix(".png"), dpi=120)
-    print(json.dumps(record["summary"], indent=1))
+    print(report.throughput_section(record))
+    if args.readme:
+        report.replace_block(args.readme, "throughput", report.throughput_section(record))
     print(f"wrote {out} and {out.with_suffix('.png')} in {record['total_seconds'] / 60:.1f} min")
     return 0
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m peft_sentiment train|predict|report`, on the notebook's profiles and parameters.
+"""Command line: `python -m peft_sentiment train|evaluate|predict|merge|report`, on the notebook's profiles and parameters.
 
 Exit codes: 0 success, 2 bad input (unknown name, missing file, bad value: the message says what to
 do), 1 anything else.
@@ -12,13 +12,17 @@ import shlex
 import sys
 from pathlib import Path
 
-from peft_sentiment import VARIANTS, data, inference, models, report, train
+import torch
+
+from peft_sentiment import VARIANTS, data, inference, metrics, models, report, train
 from peft_sentiment.config import Config, make_config
 
 EXAMPLES = """examples:
   python -m peft_sentiment train --profile smoke
   python -m peft_sentiment train --profile cpu --variants lora --set lr_lora=3e-4 --resume
+  python -m peft_sentiment evaluate saved_f32_lora --set test_size=200
   python -m peft_sentiment predict saved_f32_lora "A moving, beautifully shot film."
+  python -m peft_sentiment merge saved_f32_lora merged_f32
   echo "Dull and far too long." | python -m peft_sentiment predict saved_nf4_lora
   python -m peft_sentiment report results/cpu --readme README.md
 """
@@ -39,28 +43,59 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def run_training(cfg: Config, variants=VARIANTS, *, resume: bool = False, command: str | None = None, splits=None) -> list[dict]:
-    """The notebook's pipeline without the narration: data, model, each variant trained, recorded, saved."""
+    """The notebook's pipeline without the narration: data, model, each variant trained, recorded, saved.
+
+    Runs as one process, or as several under `torchrun` / `accelerate launch` (DDP through the
+    Trainer): every process trains on its share of each batch, only the first writes records and adapters.
+    """
+    from accelerate import PartialState
+
+    # joins the process group when launched by torchrun/accelerate (gloo on CPUs); trivial otherwise
+    state = PartialState(cpu=not torch.cuda.is_available())
     report.check_writable(cfg.records_dir, cfg.adapter_dir_f32, cfg.adapter_dir_nf4, cfg.work_dir)
     if splits is None:
         splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
-    model_path = models.resolve_model(cfg.model_name, texts=splits["train"]["text"])
-    models.check_max_length(model_path, cfg.max_length)
-    tokenizer = models.load_tokenizer(model_path)
-    tokenized = data.tokenize_reviews(splits, tokenizer, cfg.max_length, cfg.prompt_suffix)
+    with state.main_process_first():  # one process builds models and tokenization caches, the others reuse them
+        model_path = models.resolve_model(cfg.model_name, texts=splits["train"]["text"])
+        models.check_max_length(model_path, cfg.max_length)
+        tokenizer = models.load_tokenizer(model_path)
+        tokenized = data.tokenize_reviews(splits, tokenizer, cfg.max_length, cfg.prompt_suffix)
     lora_config, bnb_config = models.make_lora_config(cfg, model_path), models.make_bnb_config(cfg)
     records = []
     for variant in variants:
         model = train.build_variant(variant, model_path, tokenizer, seed=cfg.seed, lora_config=lora_config, bnb_config=bnb_config)
         _, record = train.train_variant(cfg, variant, model, tokenizer, tokenized, resume=resume)
-        record["command"] = command
-        report.write_record(record, cfg.records_dir)
-        if variant != "head_only":
-            meta = inference.adapter_meta(cfg, variant, model_path, bnb_config if variant == "nf4_lora" else None)
-            inference.save_adapter(model, tokenizer, cfg.adapter_dir(variant), meta, record)
-        m = record["metrics"]
-        print(f"{variant}: accuracy {m['accuracy']:.4f} (95% CI {m['accuracy_ci95'][0]:.4f}-{m['accuracy_ci95'][1]:.4f})")
+        record |= {"command": command, "processes": state.num_processes}  # with several, tokens and times are rank 0's
+        if state.is_main_process:
+            report.write_record(record, cfg.records_dir)
+            if variant != "head_only":
+                meta = inference.adapter_meta(cfg, variant, model_path, bnb_config if variant == "nf4_lora" else None)
+                inference.save_adapter(model, tokenizer, cfg.adapter_dir(variant), meta, record)
+            m = record["metrics"]
+            print(f"{variant}: accuracy {m['accuracy']:.4f} (95% CI {m['accuracy_ci95'][0]:.4f}-{m['accuracy_ci95'][1]:.4f})")
         records.append(record)
+    state.wait_for_everyone()
     return records
+
+
+def evaluate_adapter(adapter: str, overrides: dict) -> dict:
+    """Accuracy (with its 95% interval) and the other metrics of a saved adapter on its profile's test subset."""
+    meta = inference.check_adapter_dir(adapter)
+    cfg = make_config(meta["profile"], **overrides)
+    test = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))["test"]
+    model, tokenizer = inference.load_adapter(adapter)
+    out = inference.predict_reviews(
+        model, tokenizer, test["text"], meta["max_length"], meta["prompt_suffix"], cfg.eval_batch_size, progress=True
+    )
+    probs = [o["probability"] if o["label"] == "pos" else 1 - o["probability"] for o in out]
+    m = metrics.classification_metrics(test["label"], probs)
+    ci = metrics.accuracy_interval(m["accuracy"], len(probs))
+    return {
+        "adapter": str(adapter),
+        "profile": cfg.profile,
+        "metrics": m | {"accuracy_ci95": list(ci), "test_reviews": len(probs)},
+        "predictions": [round(p, 6) for p in probs],
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,9 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("adapter", help="an adapter folder, e.g. saved_f32_lora")
     p.add_argument("texts", nargs="*", help="reviews; none = read --file, else standard input (one review per line)")
     p.add_argument("--file", help="a text file with one review per line")
+    e = sub.add_parser("evaluate", help="evaluate a saved adapter on its profile's test subset; prints metrics")
+    e.add_argument("adapter", help="an adapter folder, e.g. saved_f32_lora")
+    e.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override the profile, e.g. test_size=200")
+    e.add_argument("--out", help="also write the metrics and per-review probabilities to this JSON file")
+    m = sub.add_parser("merge", help="fold an adapter into its base model and save a plain model (transformers.pipeline-ready)")
+    m.add_argument("adapter", help="an adapter folder, e.g. saved_f32_lora")
+    m.add_argument("out_dir", help="where to save the merged model")
     r = sub.add_parser("report", help="rebuild the comparison table (and the README block) from records")
     r.add_argument("records_dirs", nargs="+", help="folders of JSON records, e.g. results/cpu")
     r.add_argument("--readme", help="also regenerate this README's results block")
+    r.add_argument(
+        "--analysis",
+        action="store_true",
+        help="also draw confusion, ROC, accuracy-by-length and calibration to <dir>/analysis.png",
+    )
     return parser
 
 
@@ -112,9 +159,28 @@ def main(argv: list[str] | None = None) -> int:
                 texts, inference.predict_reviews(model, tokenizer, texts, meta["max_length"], meta["prompt_suffix"]), strict=True
             ):
                 print(f"{out['label']}\t{out['probability']:.4f}\t{text[:80]}")
+        elif args.command == "evaluate":
+            result = evaluate_adapter(args.adapter, parse_overrides(args.set))
+            low, high = result["metrics"]["accuracy_ci95"]
+            print(
+                f"accuracy {result['metrics']['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}) on {result['metrics']['test_reviews']} reviews"
+            )
+            print({k: round(v, 4) for k, v in result["metrics"].items() if k in ("precision", "recall", "f1", "roc_auc")})
+            if args.out:
+                report.write_json_atomic(result, Path(args.out))
+        elif args.command == "merge":
+            folder = inference.merge_adapter(args.adapter, args.out_dir)
+            print(
+                f"merged {args.adapter} into its base: {folder} (load with transformers.pipeline('text-classification', model={str(folder)!r}))"
+            )
         elif args.command == "report":
             for folder in args.records_dirs:
                 print(report.results_section(folder), end="\n\n")
+                if args.analysis:
+                    records = report.read_records(folder)
+                    print(report.analysis_table(records).to_string(float_format="{:.4f}".format), end="\n\n")
+                    report.plot_analysis(records).savefig(Path(folder) / "analysis.png", dpi=110)
+                    print(f"wrote {Path(folder) / 'analysis.png'}")
             if args.readme:
                 report.update_readme(args.readme, args.records_dirs)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:

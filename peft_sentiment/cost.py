@@ -13,6 +13,7 @@ the weight trains), and twice attention's forward. Gradient checkpointing adds o
 
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -93,3 +94,67 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 10, dtype=torch.float32, d
         if i >= 2:  # the first calls warm caches and thread pools
             best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
+
+
+# ----------------------------------------------------------------------------------------------
+# Will it fit? Memory of a training run, estimated before loading anything.
+
+NF4_BYTES_PER_WEIGHT = 0.5 + (1 + 4 / 256) / 64  # two codes per byte; an 8-bit scale per 64, an fp32 one per 256 scales
+
+
+def estimate_training_memory(
+    config, variant: str, batch: int, seq_len: int, lora_r: int = 8, lora_targets=None, checkpointing: bool | None = None
+) -> dict[str, float]:
+    """Bytes a training step needs, by part: weights, trainable parameters, gradients, AdamW state, activations.
+
+    `config` is the model's `AutoConfig`: the model is built on the meta device (no memory) to count
+    its parameters. Activations follow Korthikanti et al. (2022), "Reducing Activation Recomputation
+    in Large Transformer Models": per layer 34*s*b*h + 5*a*s^2*b bytes with 16-bit activations and
+    1-byte dropout masks, i.e. 66*s*b*h + 9*a*s^2*b in fp32 (masks stay 1 byte). Gradient
+    checkpointing keeps each layer's input (4*s*b*h) and one layer's activations at a time.
+    Head-only keeps none: nothing below the head needs a gradient. `checkpointing` None = the
+    variant's default (NF4 LoRA on, the others off).
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from peft_sentiment.models import LORA_TARGETS
+
+    config = copy.deepcopy(config)
+    config.num_labels = 2
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    linear = matmul_params(model)["frozen"] + matmul_params(model)["trained"]
+    head = model.score.weight.numel()
+    total = sum(p.numel() for p in model.parameters())
+    other = total - embeddings - linear  # norms and biases
+    if variant == "head_only":
+        trainable = head
+    else:
+        targets = list(lora_targets or LORA_TARGETS[config.model_type])
+        lora = LoraConfig(task_type="SEQ_CLS", r=lora_r, target_modules=targets)
+        trainable = get_peft_model(model, lora).get_nb_trainable_parameters()[0]
+    # NF4: 4-bit linear layers, bf16 embeddings (store_embeddings_16bit), fp32 norms, biases and head
+    nf4 = NF4_BYTES_PER_WEIGHT * (linear - head) + 2 * embeddings + 4 * (other + head)
+    weights = nf4 if variant == "nf4_lora" else 4 * total
+    weights += 4 * (trainable - head)  # the LoRA matrices, in fp32
+    layers, hidden = config.num_hidden_layers, config.hidden_size
+    heads = config.num_attention_heads
+    s, b = seq_len, batch
+    per_layer = 66 * s * b * hidden + 9 * heads * s * s * b
+    if checkpointing is None:
+        checkpointing = variant == "nf4_lora"
+    if variant == "head_only":
+        activations = 4 * (2 * s * b * hidden + heads * s * s * b)  # one layer's transient tensors, nothing kept
+    elif checkpointing:
+        activations = layers * 4 * s * b * hidden + per_layer
+    else:
+        activations = layers * per_layer
+    parts = {
+        "weights": float(weights),
+        "gradients": 4.0 * trainable,
+        "optimizer": 8.0 * trainable,  # AdamW: two fp32 moments per trained weight
+        "activations": float(activations),
+    }
+    return parts | {"total": sum(parts.values()), "trainable_params": trainable, "params": total}

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from tqdm.auto import tqdm
 from transformers import BitsAndBytesConfig, DataCollatorWithPadding
 
-from peft_sentiment.data import LABEL_NAMES, encode_reviews
+from peft_sentiment.data import LABEL_NAMES, encode_reviews, strip_markup
 from peft_sentiment.models import NF4_EMBEDDING_DTYPE, architecture_of, load_classifier, load_tokenizer, resolve_model
 from peft_sentiment.report import VARIANT_LABELS
 
@@ -119,16 +120,19 @@ def check_adapter_dir(adapter_dir: str) -> dict:
         raise ValueError(f"{folder / META_FILE} is corrupt ({err}). Save the adapter again.") from err
 
 
-def load_adapter(adapter_dir: str, model_path: str | None = None):
-    """The base model with the adapter at `adapter_dir` applied (quantized again if it was), and its tokenizer."""
+def load_adapter(adapter_dir: str, model_path: str | None = None, quantized: bool = True):
+    """The base model with the adapter at `adapter_dir` applied (quantized again if it was), and its tokenizer.
+
+    `quantized=False` loads an NF4 adapter's base in fp32 (for merging).
+    """
     meta = check_adapter_dir(adapter_dir)
     if model_path is None:  # the path it was trained from, else the name resolved on this machine
         stored = meta["base_model_path"]
         model_path = stored if Path(stored).is_dir() else resolve_model(meta["base_model"])
     check_adapter_base(meta, model_path, adapter_dir)
     tokenizer = load_tokenizer(adapter_dir)
-    bnb_config = BitsAndBytesConfig.from_dict(meta["quantization"]) if meta["quantization"] else None
-    base = load_classifier(model_path, tokenizer.pad_token_id, bnb_config, meta.get("embedding_dtype"))
+    bnb_config = BitsAndBytesConfig.from_dict(meta["quantization"]) if meta["quantization"] and quantized else None
+    base = load_classifier(model_path, tokenizer.pad_token_id, bnb_config, meta.get("embedding_dtype") if bnb_config else None)
     model = PeftModel.from_pretrained(base, adapter_dir)  # reads adapter_model.safetensors only
     model.eval()
     return model, tokenizer
@@ -148,15 +152,57 @@ def check_adapter_base(meta: dict, model_path: str, adapter_dir) -> None:
         )
 
 
+def merge_adapter(adapter_dir: str, out_dir: str, model_path: str | None = None) -> Path:
+    """Fold the adapter into its base (`merge_and_unload`) and save a plain model any tool can load.
+
+    The base is loaded in fp32 even for an NF4 adapter: a merged 4-bit model would round the LoRA
+    update into 4-bit weights. For an fp32 adapter the merged model computes what the adapter model
+    computes; for an NF4 adapter it is the adapter on the unquantized weights (close, not equal).
+    The folder holds safetensors weights, the tokenizer and peft_sentiment.json (how to encode reviews).
+    """
+    meta = check_adapter_dir(adapter_dir)
+    model, tokenizer = load_adapter(adapter_dir, model_path, quantized=False)
+    merged = model.merge_and_unload()
+    target = Path(out_dir)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    (tmp / META_FILE).write_text(json.dumps(meta | {"merged_from": str(adapter_dir), "quantization": None}, indent=1))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.replace(target)
+    return target
+
+
+def make_pipeline(model_dir: str):
+    """A `transformers.pipeline("text-classification")` on a merged model folder; returns (pipeline, encode).
+
+    `encode(texts)` prepares reviews as training did (markup stripped, the prompt suffix appended), so
+    that the pipeline sees what the model was trained on; reviews longer than max_length are cut at
+    the end by the pipeline, suffix included, so pass them through `predict_reviews` instead.
+    """
+    from transformers import pipeline
+
+    meta = json.loads((Path(model_dir) / META_FILE).read_text())
+    classify = pipeline("text-classification", model=str(model_dir), tokenizer=str(model_dir), device=-1)
+
+    def encode(texts: list[str]) -> list[str]:
+        return [text + meta["prompt_suffix"] for text in strip_markup(texts)]
+
+    return classify, encode
+
+
 @torch.inference_mode()
-def predict_reviews(model, tokenizer, texts: list[str], max_length: int, suffix: str = "", batch_size: int = 32) -> list[dict]:
+def predict_reviews(
+    model, tokenizer, texts: list[str], max_length: int, suffix: str = "", batch_size: int = 32, progress: bool = False
+) -> list[dict]:
     """Label and probability of the predicted label for each text, in input order, encoded as in training."""
     if isinstance(texts, str):
         texts = [texts]
     device = next(model.parameters()).device
     collator = DataCollatorWithPadding(tokenizer)
     results = []
-    for start in range(0, len(texts), batch_size):
+    for start in tqdm(range(0, len(texts), batch_size), desc="Classifying", unit="batch", disable=not progress):
         ids = encode_reviews(texts[start : start + batch_size], tokenizer, max_length, suffix)["input_ids"]
         batch = collator([{"input_ids": row, "attention_mask": [1] * len(row)} for row in ids])
         probs = torch.softmax(model(**batch.to(device)).logits.float(), dim=-1)

@@ -42,3 +42,28 @@ def accuracy_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, 
     centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return centre - half, centre + half
+
+
+def reliability(labels, probabilities, bins: int = 10) -> dict[str, np.ndarray]:
+    """Per confidence bin: mean confidence, accuracy and count (the reliability diagram's points).
+
+    Confidence is the probability of the predicted label, so it lies in [0.5, 1] for two classes.
+    """
+    labels, p = np.asarray(labels), np.asarray(probabilities, dtype=np.float64)
+    predicted = (p > 0.5).astype(int)
+    confidence = np.where(predicted == 1, p, 1 - p)
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore"):
+        mean_confidence = np.bincount(which, confidence, minlength=bins) / count
+        accuracy = np.bincount(which, (predicted == labels).astype(float), minlength=bins) / count
+    return {"edges": edges, "confidence": mean_confidence, "accuracy": accuracy, "count": count}
+
+
+def expected_calibration_error(labels, probabilities, bins: int = 10) -> float:
+    """ECE: the count-weighted mean |accuracy - confidence| over confidence bins (0 = perfectly calibrated)."""
+    r = reliability(labels, probabilities, bins)
+    used = r["count"] > 0
+    gaps = np.abs(r["accuracy"][used] - r["confidence"][used])
+    return float((gaps * r["count"][used]).sum() / r["count"].sum())

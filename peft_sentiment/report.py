@@ -9,7 +9,10 @@ import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from peft_sentiment.metrics import expected_calibration_error, reliability
 
 LIBRARIES = ("torch", "transformers", "datasets", "peft", "bitsandbytes", "accelerate", "evaluate", "scikit-learn")
 # Keys every record has; tests and tables rely on them.
@@ -292,13 +295,164 @@ def results_section(records_dir: str) -> str:
     return "\n".join(rows)
 
 
+def test_data(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, P(pos), token counts before truncation) of a record's test reviews, in test order."""
+    missing = [k for k in ("test_labels", "test_n_tokens") if k not in record]
+    if missing:
+        raise ValueError(
+            f"The {record['variant']} record lacks {missing} (written before records kept them): "
+            "add them with report.attach_test_data(record, tokenized_test_split)."
+        )
+    return np.asarray(record["test_labels"]), np.asarray(record["predictions"]), np.asarray(record["test_n_tokens"])
+
+
+def attach_test_data(record: dict, test_split) -> dict:
+    """`record` with its test reviews' labels and token counts, checked against what it recorded."""
+    if len(test_split) != len(record["predictions"]):
+        raise ValueError(f"{len(test_split)} test reviews given, but the record has {len(record['predictions'])} predictions.")
+    labels = [int(x) for x in test_split["label"]]
+    hits = np.mean([(p > 0.5) == y for p, y in zip(record["predictions"], labels, strict=True)])
+    if not np.isclose(hits, record["metrics"]["accuracy"]):
+        raise ValueError("These are not the record's test reviews: its predictions do not give its accuracy on them.")
+    return record | {"test_labels": labels, "test_n_tokens": [int(n) for n in test_split["n_tokens"]]}
+
+
+def analysis_table(records: list[dict]):
+    """Per variant: confusion counts, accuracy on truncated vs whole reviews, and ECE."""
+    import pandas as pd
+
+    rows = {}
+    for r in records:
+        labels, p, n_tokens = test_data(r)
+        predicted = (p > 0.5).astype(int)
+        cut = n_tokens > r["config"]["max_length"]
+        rows[VARIANT_LABELS.get(r["variant"], r["variant"])] = {
+            "true neg": int(((predicted == 0) & (labels == 0)).sum()),
+            "false pos": int(((predicted == 1) & (labels == 0)).sum()),
+            "false neg": int(((predicted == 0) & (labels == 1)).sum()),
+            "true pos": int(((predicted == 1) & (labels == 1)).sum()),
+            "accuracy whole reviews": float((predicted == labels)[~cut].mean()) if (~cut).any() else float("nan"),
+            "accuracy truncated": float((predicted == labels)[cut].mean()) if cut.any() else float("nan"),
+            "truncated reviews": int(cut.sum()),
+            "ECE": expected_calibration_error(labels, p),
+        }
+    return pd.DataFrame(rows).T
+
+
+def plot_analysis(records: list[dict], length_bins: int = 5):
+    """Confusion matrices, ROC curves, accuracy by review length, and reliability diagrams with ECE."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    n = len(records)
+    fig = plt.figure(figsize=(4 * max(n, 3), 8))
+    grid = fig.add_gridspec(2, max(n, 3))
+    for i, r in enumerate(records):  # top row: one confusion matrix per variant
+        labels, p, _ = test_data(r)
+        predicted = (p > 0.5).astype(int)
+        matrix = np.array([[((predicted == j) & (labels == i_)).sum() for j in (0, 1)] for i_ in (0, 1)])
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(matrix, cmap="Blues")
+        for (a, b), count in np.ndenumerate(matrix):
+            ax.text(b, a, f"{count}", ha="center", va="center", color="black")
+        ax.set_xticks([0, 1], ["neg", "pos"])
+        ax.set_yticks([0, 1], ["neg", "pos"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{VARIANT_LABELS.get(r['variant'], r['variant'])}: confusion")
+    roc, by_length, calibration = (fig.add_subplot(grid[1, k]) for k in range(3))
+    all_tokens = np.concatenate([test_data(r)[2] for r in records])
+    edges = np.unique(np.quantile(all_tokens, np.linspace(0, 1, length_bins + 1)))
+    for r in records:
+        labels, p, n_tokens = test_data(r)
+        name = VARIANT_LABELS.get(r["variant"], r["variant"])
+        fpr, tpr, _ = roc_curve(labels, p)
+        roc.plot(fpr, tpr, label=f"{name} (AUC {r['metrics']['roc_auc']:.3f})")
+        which = np.clip(np.digitize(n_tokens, edges[1:-1]), 0, len(edges) - 2)
+        correct = (p > 0.5).astype(int) == labels
+        filled = [b for b in range(len(edges) - 1) if (which == b).any()]
+        centres = [np.median(n_tokens[which == b]) for b in filled]
+        by_length.plot(centres, [correct[which == b].mean() for b in filled], marker="o", label=name)
+        rel = reliability(labels, p)
+        used = rel["count"] > 0
+        calibration.plot(
+            rel["confidence"][used],
+            rel["accuracy"][used],
+            marker="o",
+            label=f"{name} (ECE {expected_calibration_error(labels, p):.3f})",
+        )
+    roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    max_length = records[0]["config"]["max_length"]
+    by_length.axvline(max_length, color="red", linestyle="--", label=f"max_length {max_length}")
+    by_length.set(
+        xlabel="review length in tokens (bin median)",
+        ylabel="accuracy",
+        title=f"accuracy by length ({len(edges) - 1} equal-count bins)",
+    )
+    calibration.plot([0.5, 1], [0.5, 1], color="grey", linestyle=":", label="perfect calibration")
+    calibration.set(xlabel="confidence (probability of the predicted label)", ylabel="accuracy", title="reliability")
+    for ax in (roc, by_length, calibration):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def update_readme(readme: str, records_dirs: list[str]) -> str:
     """Replace the README's results block with tables generated from `records_dirs`; returns the new text."""
+    return replace_block(readme, "results", "\n\n".join(results_section(d) for d in records_dirs))
+
+
+def replace_block(readme: str, name: str, body: str) -> str:
+    """Replace what lies between `<!-- name:start -->` and `<!-- name:end -->` in `readme` by `body`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = Path(readme).read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme} has no {README_START} ... {README_END} block to fill.")
-    body = "\n\n".join(results_section(d) for d in records_dirs)
-    head, rest = text.split(README_START, 1)
-    new = f"{head}{README_START}\n{body}\n{README_END}{rest.split(README_END, 1)[1]}"
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start} ... {end} block to fill.")
+    head, rest = text.split(start, 1)
+    new = f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
     Path(readme).write_text(new)
     return new
+
+
+def throughput_section(record: dict) -> str:
+    """Markdown: the throughput benchmark's record as a table (both pipelines, their ratio) with its command."""
+    s = record["settings"]
+    device = record["device"]
+    where = f"{device['name']} ({device.get('cores', device.get('count'))} {'cores' if device['type'] == 'cpu' else 'GPUs'})"
+    lines = [
+        f"**`{record['model']}`, max length {s['max_length']}, batch {s['batch']} (training) / {s['eval_batch']} "
+        f"(evaluation), on {where}, {record['created'][:10]}.** Matmul peak measured in the same run: "
+        f"{record['matmul_peak_flops'] / 1e9:.0f} GFLOP/s (fp32, 2048 x 2048).",
+        "",
+        "| variant | pipeline | train tokens/s (real / padded) | eval tokens/s (real / padded) | train MFU | eval MFU "
+        "| peak train RSS MB | model MB | one full-IMDB epoch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary = {k: v for k, v in record["summary"].items() if isinstance(v, dict)}
+    for variant, row in summary.items():
+        for pipeline in ("baseline", "project"):
+            r = row[pipeline]
+            hours = r.get("full_imdb_epoch_hours")
+            lines.append(
+                f"| {VARIANT_LABELS.get(variant, variant)} | {pipeline} | {r['train_real_tokens_per_s']:,.0f} / "
+                f"{r['train_padded_tokens_per_s']:,.0f} | {r['eval_real_tokens_per_s']:,.0f} / {r['eval_padded_tokens_per_s']:,.0f} "
+                f"| {r['train_mfu']:.1%} | {r['eval_mfu']:.1%} | {r['train_peak_rss_bytes'] / 1e6:,.0f} "
+                f"| {row['model_bytes'] / 1e6:,.0f} | {'-' if hours is None else f'{hours:.1f} h'} |"
+            )
+        lines.append(f"| | **project / baseline** | **x{row['train_ratio']:.2f}** | **x{row['eval_ratio']:.2f}** | | | | | |")
+    notes = []
+    for key, value in summary.get("head_only", {}).items():
+        if key.startswith("train_ratio_over_"):
+            epochs = key.removeprefix("train_ratio_over_").removesuffix("_epochs")
+            notes.append(f"Head-only over {epochs} epochs (one frozen pass, then the head on cached features): x{value:.1f}.")
+    if "nf4_bytes_vs_fp32" in record["summary"]:
+        notes.append(f"NF4 model bytes: {record['summary']['nf4_bytes_vs_fp32']:.1%} of the fp32 model's.")
+    tok = record.get("tokenization")
+    if tok:
+        notes.append(
+            f"Tokenizing all {tok['reviews']:,} reviews: {tok['cold_seconds']:.0f} s ({tok['cold_reviews_per_s']:,.0f} reviews/s); "
+            f"a re-run finds the datasets cache: {tok['cached_seconds']:.1f} s."
+        )
+    lines += ["", *notes, "", f"Reproduce: `{record['command']}`"]
+    return "\n".join(lines)

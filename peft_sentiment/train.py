@@ -113,6 +113,7 @@ def make_training_args(cfg: Config, variant: str, **overrides) -> TrainingArgume
         data_seed=cfg.seed,
         remove_unused_columns=True,
         dataloader_pin_memory=on_gpu,
+        use_cpu=not on_gpu,  # also what makes torchrun/accelerate on CPUs train as one DDP job (gloo)
     )
     settings.update(overrides)
     return TrainingArguments(**settings)
@@ -349,6 +350,9 @@ def train_variant(cfg: Config, variant: str, model, tokenizer, splits, resume: b
         "model_bytes": int(model.get_memory_footprint()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **result,
+        # what the analysis plots need beside the predictions (report.plot_analysis)
+        "test_labels": [int(x) for x in splits["test"]["label"]],
+        "test_n_tokens": [int(x) for x in splits["test"]["n_tokens"]],
     }
     return trainer, record
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from peft_sentiment import report
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb"
 
@@ -45,3 +47,10 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
     )
     assert 0 < lora["project"]["train_mfu"] < 1
     assert next(r for r in record["runs"] if r["pipeline"] == "project" and r["variant"] == "lora")["train_profile"]
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- throughput:start -->\nold\n<!-- throughput:end -->\nrest\n")
+    report.replace_block(readme, "throughput", report.throughput_section(record))
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro") and text.endswith("rest\n")
+    assert f"**x{lora['train_ratio']:.2f}**" in text and record["command"] in text

@@ -1,6 +1,7 @@
-"""The command line: train, predict, report, exit codes, and resuming a killed run exactly."""
+"""The command line: train, evaluate, predict, merge, report, exit codes, and resuming a killed run exactly."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -45,8 +46,21 @@ def test_train_predict_report(toy_imdb_dir, tmp_path, capsys, monkeypatch):
     assert main(["predict", str(tmp_path / "nf4")]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
 
-    assert main(["report", str(tmp_path / "records")]) == 0
-    assert "| NF4 LoRA |" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "records"), "--analysis"]) == 0
+    out = capsys.readouterr().out
+    assert "| NF4 LoRA |" in out and "ECE" in out and (tmp_path / "records" / "analysis.png").is_file()
+
+    # evaluate: the saved adapter on the same test subset gives the recorded accuracy
+    data_sets = sets([f"data_dir='{toy_imdb_dir}'", "train_size=96", "val_size=32", "test_size=64"])
+    assert main(["evaluate", str(tmp_path / "f32"), *data_sets, "--out", str(tmp_path / "eval.json")]) == 0
+    assert capsys.readouterr().out.startswith("accuracy ")
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    recorded = json.loads((tmp_path / "records" / "lora.json").read_text())
+    assert evaluated["metrics"]["accuracy"] == recorded["metrics"]["accuracy"]
+    assert evaluated["predictions"] == pytest.approx(recorded["predictions"], abs=1e-4)
+
+    assert main(["merge", str(tmp_path / "f32"), str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
 def test_bad_input_exits_2_with_a_message(capsys, tmp_path):
@@ -89,3 +103,30 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_metrics(toy_imdb_di
     assert done["resumed_from"] and "checkpoint-" in done["resumed_from"]
     assert done["metrics"] == reference["metrics"]
     assert done["predictions"] == reference["predictions"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_process_ddp_training_records_and_saves_once(launcher, toy_imdb_dir, tmp_path):
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    else:
+        # accelerate's torchrun-based launcher; `--cpu` would start one process (its multi-CPU mode needs MPI)
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+        cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["-m", "peft_sentiment", "train", "--profile", "smoke", "--variants", "lora"]
+    cmd += sets(toy_overrides(toy_imdb_dir, tmp_path))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("lora: accuracy") == 1, "only the main process reports"
+
+    record = json.loads((tmp_path / "records" / "lora.json").read_text())
+    assert record["processes"] == 2
+    assert record["metrics"]["test_reviews"] == 64 and 0 <= record["metrics"]["accuracy"] <= 1
+    assert len(record["predictions"]) == 64  # every test review once, gathered from both processes
+    assert math.isfinite(record["train_loss"]) and record["train_loss"] > 0
+    # one DDP job, not two copies: 96 reviews at 16 per process and step make 3 steps, not 6
+    assert max(e["step"] for e in record["log_history"]) == 96 // (16 * 2)
+    saved = sorted(p.name for p in tmp_path.iterdir())
+    assert "f32" in saved and not [name for name in saved if name.startswith(".")], "saved once, no leftovers"

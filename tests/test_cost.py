@@ -1,8 +1,9 @@
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoConfig
 
-from peft_sentiment import cost
+from peft_sentiment import VARIANTS, cost
 from peft_sentiment.train import build_variant
 
 
@@ -54,3 +55,20 @@ def test_recompute_adds_one_forward_and_padding_costs_flops():
 
 def test_matmul_peak_is_a_positive_rate():
     assert cost.measure_matmul_peak(n=128, repeats=2) > 1e6
+
+
+def test_memory_estimate_matches_the_built_models_weights_and_orders_the_variants(
+    tiny_model_path, tokenizer, lora_config, bnb_config
+):
+    config = AutoConfig.from_pretrained(tiny_model_path)
+    est = {v: cost.estimate_training_memory(config, v, batch=8, seq_len=128, lora_r=4) for v in VARIANTS}
+    for variant, bnb in (("lora", None), ("nf4_lora", bnb_config)):
+        model = build_variant(variant, tiny_model_path, tokenizer, seed=0, lora_config=lora_config, bnb_config=bnb)
+        assert est[variant]["trainable_params"] == model.get_nb_trainable_parameters()[0]
+        assert est[variant]["weights"] == pytest.approx(model.get_memory_footprint(), rel=0.1)
+    assert est["head_only"]["activations"] < est["nf4_lora"]["activations"] < est["lora"]["activations"]
+    assert est["head_only"]["optimizer"] == 8 * 64 * 2  # AdamW: two fp32 moments per head weight
+    with_gc = cost.estimate_training_memory(config, "lora", batch=8, seq_len=128, lora_r=4, checkpointing=True)
+    assert with_gc["activations"] == est["nf4_lora"]["activations"]
+    longer = cost.estimate_training_memory(config, "lora", batch=8, seq_len=256, lora_r=4)
+    assert longer["activations"] > 2 * est["lora"]["activations"]  # attention grows with the square of the length

@@ -116,3 +116,17 @@ def test_adapter_on_another_base_or_label_count_is_refused(saved, tmp_path, toy_
     (relabelled / inference.META_FILE).write_text(json.dumps({**meta, "num_labels": 3}))
     with pytest.raises(ValueError, match="trained for 3 labels"):
         inference.load_adapter(relabelled)
+
+
+@pytest.mark.parametrize("variant", ["lora", "nf4_lora"])
+def test_merged_model_predicts_like_the_adapter_and_serves_through_a_pipeline(saved, variant, tmp_path):
+    model, folder = saved[variant]
+    merged = inference.merge_adapter(folder, tmp_path / "merged")
+    assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
+    texts = ["the movie was great", "a dull and awful plot the end", "fine"]
+    classify, encode = inference.make_pipeline(merged)
+    served = classify(encode(texts))
+    reference = model if variant == "lora" else inference.load_adapter(folder, quantized=False)[0]
+    expected = inference.predict_reviews(reference, inference.load_tokenizer(folder), texts, 32)
+    assert [s["label"] for s in served] == [e["label"] for e in expected]
+    assert [s["score"] for s in served] == pytest.approx([e["probability"] for e in expected], abs=1e-5)

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from peft_sentiment import metrics
 from peft_sentiment.metrics import accuracy_interval, classification_metrics, compute_metrics, positive_probabilities
 
 
@@ -35,3 +36,13 @@ def test_wilson_interval():
     assert accuracy_interval(1.0, 10)[1] == pytest.approx(1.0)
     with pytest.raises(ValueError):
         accuracy_interval(0.5, 0)
+
+
+def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_large_when_not():
+    # 10 reviews at P(pos)=0.8, 8 of them positive: confidence 0.8, accuracy 0.8
+    labels, probs = [1] * 8 + [0] * 2, [0.8] * 10
+    assert metrics.expected_calibration_error(labels, probs) == pytest.approx(0.0)
+    # certain and half wrong: gap 0.5
+    assert metrics.expected_calibration_error([1, 0, 1, 0], [0.99, 0.99, 0.01, 0.01]) == pytest.approx(0.49)
+    rel = metrics.reliability(labels, probs, bins=5)
+    assert rel["count"].sum() == 10 and rel["count"][3] == 10  # 0.8 falls in [0.8, 0.9)

@@ -112,3 +112,29 @@ def test_a_crash_while_writing_a_record_keeps_the_previous_one(records, tmp_path
         report.write_record({**records[0], "train_seconds": 99.0}, tmp_path)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temporary file left behind"
+
+
+def test_analysis_needs_labels_and_draws_every_variant(records):
+    with pytest.raises(ValueError, match="attach_test_data"):
+        report.analysis_table(records)
+    rich = []
+    for r in records:
+        r = r | {"predictions": [0.9, 0.2, 0.7, 0.4], "config": {"seed": 0, "max_length": 100}}
+        r["metrics"] = r["metrics"] | {"accuracy": 0.75}
+        test = {"label": [1, 0, 0, 0], "n_tokens": [50, 150, 80, 300]}
+        rich.append(report.attach_test_data(r, _Split(test)))
+    table = report.analysis_table(rich)
+    assert list(table["true pos"]) == [1, 1, 1] and list(table["false pos"]) == [1, 1, 1]
+    assert table.loc["LoRA", "truncated reviews"] == 2 and table.loc["LoRA", "accuracy truncated"] == 1.0
+    assert table.loc["LoRA", "accuracy whole reviews"] == 0.5
+    fig = report.plot_analysis(rich)
+    assert len(fig.axes) == 6
+    with pytest.raises(ValueError, match="not the record's test reviews"):
+        report.attach_test_data(rich[0], _Split({"label": [0, 1, 1, 1], "n_tokens": [1, 1, 1, 1]}))
+
+
+class _Split(dict):
+    """A dataset split's stand-in: columns by name, and its length."""
+
+    def __len__(self):
+        return len(self["label"])
