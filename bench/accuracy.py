@@ -25,6 +25,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu", help="config profile (default: cpu)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--baseline-only", action="store_true", help="only the TF-IDF baseline (seconds)")
     parser.add_argument(
         "--resume", action="store_true", help="skip variants recorded with this exact config; resume the rest from checkpoints"
     )
@@ -50,6 +51,8 @@ def main(argv=None) -> int:
     report.write_json_atomic(baseline, Path(cfg.records_dir) / "baselines" / "tfidf_logreg.json")
     print(f"TF-IDF + LR: {baseline['metrics']['accuracy']:.4f} (C={baseline['C']}, {baseline['train_seconds']:.1f} s)")
 
+    if args.baseline_only:
+        return 0
     todo = [v for v in args.variants if not (args.resume and already_done(cfg, v))]
     print(f"variants to run: {todo} (recorded already: {sorted(set(args.variants) - set(todo))})")
     run_training(cfg, todo, resume=args.resume, command=command, splits=splits)

@@ -156,8 +156,11 @@ def rates(seconds: float, calls: list[dict], params: dict, shape: tuple, kind: s
     }
 
 
-def measure_trainer_steps(cfg, variant, model, tokenizer, train_ds, pipeline, steps: int) -> tuple[dict, int]:
-    """Time `steps` Trainer steps after one warm-up, with the pipeline's sampling; returns rates and peak RSS."""
+def measure_trainer_steps(cfg, variant, model, tokenizer, train_ds, pipeline, steps: int) -> tuple[float, list, int]:
+    """Time `steps` Trainer steps after one warm-up, with the pipeline's sampling.
+
+    Returns the timed steps' seconds, every step's forward shapes (the warm-up's first), and peak memory.
+    """
     sampling = "group_by_length" if pipeline == "project" else "random"
     args = train.make_training_args(
         cfg,
@@ -246,30 +249,31 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
         "pipeline": pipeline,
         "model_bytes": int(model.get_memory_footprint()),
         "matmul_params": params,
-        "rss_before_bytes": psutil.Process().memory_info().rss,
+        # what memory holds before training: the baseline of the will-it-fit check
+        "memory_before_bytes": torch.cuda.memory_allocated() if torch.cuda.is_available() else psutil.Process().memory_info().rss,
     }
     if variant == "head_only" and pipeline == "project":
         result |= measure_cached_head(cfg, model, tokenizer, tokenized, params, shape, args)
     else:
         seconds, calls, peak = measure_trainer_steps(cfg, variant, model, tokenizer, tokenized["train"], pipeline, args.steps)
-        result["train"] = rates(seconds, calls[1:], params, shape, "train", recompute) | {"peak_rss_bytes": peak}
+        result["train"] = rates(seconds, calls[1:], params, shape, "train", recompute) | {"peak_memory_bytes": peak}
         longest = max(c["padded"] for c in calls)
         estimate = cost.estimate_training_memory(
             AutoConfig.from_pretrained(model_path), variant, cfg.train_batch_size, longest, cfg.lora_r, cfg.lora_targets
         )
-        # what training adds to the loaded model: estimated vs measured (peak RSS minus RSS before training)
+        # what training adds to the loaded model: estimated vs measured (peak minus memory before training)
         result["memory_check"] = {
             "longest_batch": [cfg.train_batch_size, longest],
             "estimate": estimate,
             "estimated_added_bytes": estimate["total"] - estimate["weights"],
-            "measured_added_bytes": peak - result["rss_before_bytes"],
+            "measured_added_bytes": peak - result["memory_before_bytes"],
             "estimated_weights_bytes": estimate["weights"],
         }
         if pipeline == "project":
             rows = sample_batches(list(range(len(tokenized["train"]))), cfg.train_batch_size, 1, cfg.seed + 1)
             result["train_profile"] = profile_step(model, tokenizer, tokenized["train"], rows)
     seconds, calls, peak = measure_eval(cfg, variant, model, tokenizer, tokenized["test"], eval_order, args.eval_batches)
-    result["eval"] = rates(seconds, calls, params, shape, "eval") | {"peak_rss_bytes": peak}
+    result["eval"] = rates(seconds, calls, params, shape, "eval") | {"peak_memory_bytes": peak}
     Path(out).write_text(json.dumps(result, indent=1))
 
 
@@ -299,7 +303,7 @@ def measure_cached_head(cfg, model, tokenizer, tokenized, params, shape, args) -
             "head_epochs": record["head_epochs"],
             "train_seconds_all_epochs": record["train_seconds"],
             "effective_real_tokens_per_s": effective,
-            "peak_rss_bytes": record["peak_memory_bytes"]["train"],
+            "peak_memory_bytes": record["peak_memory_bytes"]["train"],
         }
     }
 
@@ -403,8 +407,8 @@ def summarize(record: dict) -> dict:
                 "train_mfu": run["train"]["model_flops_per_s"] / peak,
                 "train_hardware_utilisation": run["train"]["hardware_flops_per_s"] / peak,
                 "eval_mfu": run["eval"]["model_flops_per_s"] / peak,
-                "train_peak_rss_bytes": run["train"]["peak_rss_bytes"],
-                "eval_peak_rss_bytes": run["eval"]["peak_rss_bytes"],
+                "train_peak_memory_bytes": run["train"]["peak_memory_bytes"],
+                "eval_peak_memory_bytes": run["eval"]["peak_memory_bytes"],
             }
             if train_tokens:  # head-only on cached features: the one frozen pass (its epochs then cost ~nothing)
                 row[name]["full_imdb_epoch_hours"] = train_tokens / run["train"]["real_tokens_per_s"] / 3600

@@ -33,6 +33,11 @@ def save_adapter(model, tokenizer, out_dir: str, meta: dict, record: dict | None
     tokenizer.save_pretrained(tmp)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     (tmp / "README.md").write_text(model_card(meta, record))
+    return swap_in(tmp, target)
+
+
+def swap_in(tmp: Path, target: Path) -> Path:
+    """Replace the folder `target` by the finished folder `tmp` with renames: never half of either."""
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
@@ -169,9 +174,7 @@ def merge_adapter(adapter_dir: str, out_dir: str, model_path: str | None = None)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     (tmp / META_FILE).write_text(json.dumps(meta | {"merged_from": str(adapter_dir), "quantization": None}, indent=1))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.replace(target)
-    return target
+    return swap_in(tmp, target)
 
 
 def make_pipeline(model_dir: str):

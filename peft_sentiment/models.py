@@ -237,8 +237,8 @@ def store_embeddings_16bit(model, dtype: torch.dtype = torch.bfloat16) -> int:
     NF4 quantizes only the linear layers. The rest stays in fp32, and in GPT-2 most of that rest is
     the token embedding (38.6M of 124M parameters: 154 MB, more than all the 4-bit weights).
     An embedding is a frozen lookup table: storing it in bf16 (fp32's exponent range, so nothing can
-    overflow; 8 significant bits, twice what an NF4 weight keeps) halves it, and casting the looked-up
-    rows back to fp32 keeps everything after it exactly as before. Norms and the head stay in fp32.
+    overflow; 8 significant bits, twice what an NF4 weight keeps) halves it, and the looked-up rows
+    are cast back to fp32, so all that follows computes as before. Norms and the head stay in fp32.
     """
     saved = 0
     for module in model.modules():

@@ -295,7 +295,7 @@ def results_section(records_dir: str) -> str:
     return "\n".join(rows)
 
 
-def test_data(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def recorded_test_split(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, P(pos), token counts before truncation) of a record's test reviews, in test order."""
     missing = [k for k in ("test_labels", "test_n_tokens") if k not in record]
     if missing:
@@ -323,7 +323,7 @@ def analysis_table(records: list[dict]):
 
     rows = {}
     for r in records:
-        labels, p, n_tokens = test_data(r)
+        labels, p, n_tokens = recorded_test_split(r)
         predicted = (p > 0.5).astype(int)
         cut = n_tokens > r["config"]["max_length"]
         rows[VARIANT_LABELS.get(r["variant"], r["variant"])] = {
@@ -348,9 +348,9 @@ def plot_analysis(records: list[dict], length_bins: int = 5):
     fig = plt.figure(figsize=(4 * max(n, 3), 8))
     grid = fig.add_gridspec(2, max(n, 3))
     for i, r in enumerate(records):  # top row: one confusion matrix per variant
-        labels, p, _ = test_data(r)
+        labels, p, _ = recorded_test_split(r)
         predicted = (p > 0.5).astype(int)
-        matrix = np.array([[((predicted == j) & (labels == i_)).sum() for j in (0, 1)] for i_ in (0, 1)])
+        matrix = np.array([[((labels == true) & (predicted == guess)).sum() for guess in (0, 1)] for true in (0, 1)])
         ax = fig.add_subplot(grid[0, i])
         ax.imshow(matrix, cmap="Blues")
         for (a, b), count in np.ndenumerate(matrix):
@@ -361,10 +361,10 @@ def plot_analysis(records: list[dict], length_bins: int = 5):
         ax.set_ylabel("true")
         ax.set_title(f"{VARIANT_LABELS.get(r['variant'], r['variant'])}: confusion")
     roc, by_length, calibration = (fig.add_subplot(grid[1, k]) for k in range(3))
-    all_tokens = np.concatenate([test_data(r)[2] for r in records])
+    all_tokens = np.concatenate([recorded_test_split(r)[2] for r in records])
     edges = np.unique(np.quantile(all_tokens, np.linspace(0, 1, length_bins + 1)))
     for r in records:
-        labels, p, n_tokens = test_data(r)
+        labels, p, n_tokens = recorded_test_split(r)
         name = VARIANT_LABELS.get(r["variant"], r["variant"])
         fpr, tpr, _ = roc_curve(labels, p)
         roc.plot(fpr, tpr, label=f"{name} (AUC {r['metrics']['roc_auc']:.3f})")
@@ -423,10 +423,11 @@ def throughput_section(record: dict) -> str:
     lines = [
         f"**`{record['model']}`, max length {s['max_length']}, batch {s['batch']} (training) / {s['eval_batch']} "
         f"(evaluation), on {where}, {record['created'][:10]}.** Matmul peak measured in the same run: "
-        f"{record['matmul_peak_flops'] / 1e9:.0f} GFLOP/s (fp32, 2048 x 2048).",
+        f"{record['matmul_peak_flops'] / 1e9:.0f} GFLOP/s (fp32, 2048 x 2048). Peak memory: "
+        f"{'process RSS' if device['type'] == 'cpu' else 'the CUDA allocator peak'}.",
         "",
         "| variant | pipeline | train tokens/s (real / padded) | eval tokens/s (real / padded) | train MFU | eval MFU "
-        "| peak train RSS MB | model MB | one full-IMDB epoch |",
+        "| peak train memory MB | model MB | one full-IMDB epoch |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     summary = {k: v for k, v in record["summary"].items() if isinstance(v, dict)}
@@ -437,7 +438,7 @@ def throughput_section(record: dict) -> str:
             lines.append(
                 f"| {VARIANT_LABELS.get(variant, variant)} | {pipeline} | {r['train_real_tokens_per_s']:,.0f} / "
                 f"{r['train_padded_tokens_per_s']:,.0f} | {r['eval_real_tokens_per_s']:,.0f} / {r['eval_padded_tokens_per_s']:,.0f} "
-                f"| {r['train_mfu']:.1%} | {r['eval_mfu']:.1%} | {r['train_peak_rss_bytes'] / 1e6:,.0f} "
+                f"| {r['train_mfu']:.1%} | {r['eval_mfu']:.1%} | {r['train_peak_memory_bytes'] / 1e6:,.0f} "
                 f"| {row['model_bytes'] / 1e6:,.0f} | {'-' if hours is None else f'{hours:.1f} h'} |"
             )
         lines.append(f"| | **project / baseline** | **x{row['train_ratio']:.2f}** | **x{row['eval_ratio']:.2f}** | | | | | |")

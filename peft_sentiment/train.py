@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -236,7 +237,7 @@ def cached_features(model, dataset, tokenizer, batch_size: int, path: Path, reus
                 return stored.get_tensor("features"), json.loads(meta["tokens"])
     features, tokens = extract_features(model, dataset, tokenizer, batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: DDP ranks write the same features
     save_file({"features": features.contiguous()}, str(tmp), metadata=key | {"tokens": json.dumps(tokens)})
     tmp.replace(path)  # atomic: a crash mid-write leaves no half file to reuse
     return features, tokens
@@ -357,7 +358,7 @@ def train_variant(cfg: Config, variant: str, model, tokenizer, splits, resume: b
     return trainer, record
 
 
-def train_tfidf_baseline(splits, seed: int, cs=(0.3, 1.0, 3.0, 10.0, 30.0)) -> dict:
+def train_tfidf_baseline(splits, seed: int, cs=(0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)) -> dict:
     """TF-IDF (word 1-2 grams) + logistic regression on the same subsets; C chosen on validation, never test."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -371,7 +372,7 @@ def train_tfidf_baseline(splits, seed: int, cs=(0.3, 1.0, 3.0, 10.0, 30.0)) -> d
         for c in cs:
             clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(train_x, splits["train"]["label"])
             scores[c] = clf.score(val_x, splits["validation"]["label"])
-        best_c = max(scores, key=scores.get)
+        best_c = max(scores, key=scores.get)  # the first (most regularised) of equal scores
         clf = LogisticRegression(C=best_c, max_iter=2000, random_state=seed).fit(train_x, splits["train"]["label"])
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()
