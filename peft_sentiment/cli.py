@@ -126,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("records_dirs", nargs="+", help="folders of JSON records, e.g. results/cpu")
     r.add_argument("--readme", help="also regenerate this README's results block")
     r.add_argument(
-        "--analysis",
+        "--plots",
         action="store_true",
-        help="also draw confusion, ROC, accuracy-by-length and calibration to <dir>/analysis.png",
+        help="also draw <dir>/accuracy_vs_cost.png and <dir>/analysis.png (confusion, ROC, accuracy by length, calibration)",
     )
     return parser
 
@@ -176,11 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "report":
             for folder in args.records_dirs:
                 print(report.results_section(folder), end="\n\n")
-                if args.analysis:
+                if args.plots:
                     records = report.read_records(folder)
                     print(report.analysis_table(records).to_string(float_format="{:.4f}".format), end="\n\n")
+                    report.plot_accuracy_vs_cost(records, report.read_baselines(folder)).savefig(
+                        Path(folder) / "accuracy_vs_cost.png", dpi=120
+                    )
                     report.plot_analysis(records).savefig(Path(folder) / "analysis.png", dpi=110)
-                    print(f"wrote {Path(folder) / 'analysis.png'}")
+                    print(f"wrote {Path(folder) / 'accuracy_vs_cost.png'} and {Path(folder) / 'analysis.png'}")
             if args.readme:
                 report.update_readme(args.readme, args.records_dirs)
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:

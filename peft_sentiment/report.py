@@ -289,9 +289,12 @@ def results_section(records_dir: str) -> str:
             f"| TF-IDF + LR (baseline) | {b['metrics']['accuracy']:.3f} | {low:.3f}-{high:.3f} | {b['metrics']['f1']:.3f} | "
             f"{b['metrics']['roc_auc']:.3f} | - | - | {b['train_seconds']:.0f} | {b['peak_memory_bytes']['train'] / 1e6:,.0f} | - | - |"
         )
-    commands = sorted({r["command"] for r in records if r.get("command")})
+    commands = sorted({r["command"] for r in [*records, *read_baselines(records_dir)] if r.get("command")})
     if commands:
         rows += ["", "Reproduce: " + ", ".join(f"`{c}`" for c in commands)]
+    for name, what in (("accuracy_vs_cost.png", "accuracy vs cost"), ("analysis.png", "errors, ROC, length, calibration")):
+        if (Path(records_dir) / name).is_file():
+            rows += ["", f"![{what}]({Path(records_dir).as_posix()}/{name})"]
     return "\n".join(rows)
 
 

@@ -46,9 +46,10 @@ def test_train_predict_report(toy_imdb_dir, tmp_path, capsys, monkeypatch):
     assert main(["predict", str(tmp_path / "nf4")]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
 
-    assert main(["report", str(tmp_path / "records"), "--analysis"]) == 0
+    assert main(["report", str(tmp_path / "records"), "--plots"]) == 0
     out = capsys.readouterr().out
-    assert "| NF4 LoRA |" in out and "ECE" in out and (tmp_path / "records" / "analysis.png").is_file()
+    assert "| NF4 LoRA |" in out and "ECE" in out
+    assert (tmp_path / "records" / "analysis.png").is_file() and (tmp_path / "records" / "accuracy_vs_cost.png").is_file()
 
     # evaluate: the saved adapter on the same test subset gives the recorded accuracy
     data_sets = sets([f"data_dir='{toy_imdb_dir}'", "train_size=96", "val_size=32", "test_size=64"])
