@@ -187,7 +187,10 @@ def measure_trainer_steps(cfg, variant, model, tokenizer, train_ds, pipeline, st
 def measure_eval(cfg, variant, model, tokenizer, test_ds, order, k: int) -> tuple[float, list, int]:
     """Time `trainer.predict` on `k` sampled batches of the pipeline's evaluation order."""
     rows = sample_batches(order, cfg.eval_batch_size, k, cfg.seed)
-    args = train.make_training_args(cfg, variant, eval_strategy="no", save_strategy="no", disable_tqdm=True)
+    # sequential, as train.predict_in_order sets it: the sampled batches must stay as the pipeline formed them
+    args = train.make_training_args(
+        cfg, variant, eval_strategy="no", save_strategy="no", disable_tqdm=True, train_sampling_strategy="sequential"
+    )
     trainer = train.make_trainer(model, tokenizer, args, None, None)
     warm = test_ds.select(rows[:2])  # first call: thread pools, allocator
     trainer.predict(warm)
