@@ -87,7 +87,7 @@ def evaluate_adapter(adapter: str, overrides: dict) -> dict:
     out = inference.predict_reviews(
         model, tokenizer, test["text"], meta["max_length"], meta["prompt_suffix"], cfg.eval_batch_size, progress=True
     )
-    probs = [o["probability"] if o["label"] == "pos" else 1 - o["probability"] for o in out]
+    probs = inference.pos_probabilities(out)
     m = metrics.classification_metrics(test["label"], probs)
     ci = metrics.accuracy_interval(m["accuracy"], len(probs))
     return {

@@ -125,7 +125,8 @@ def estimate_training_memory(
     with torch.device("meta"):
         model = AutoModelForSequenceClassification.from_config(config)
     embeddings = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
-    linear = matmul_params(model)["frozen"] + matmul_params(model)["trained"]
+    counts = matmul_params(model)
+    linear = counts["frozen"] + counts["trained"]
     head = model.score.weight.numel()
     total = sum(p.numel() for p in model.parameters())
     other = total - embeddings - linear  # norms and biases

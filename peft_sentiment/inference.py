@@ -213,3 +213,8 @@ def predict_reviews(
             label = int(row[1] > row[0])
             results.append({"label": LABEL_NAMES[label], "probability": row[label]})
     return results
+
+
+def pos_probabilities(predictions: list[dict]) -> list[float]:
+    """P(pos) of each `predict_reviews` result (which gives the probability of the predicted label)."""
+    return [o["probability"] if o["label"] == "pos" else 1 - o["probability"] for o in predictions]

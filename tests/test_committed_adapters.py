@@ -42,7 +42,7 @@ def test_committed_adapter_reproduces_its_record(folder, variant):
     n = len(test) if os.environ.get("PEFT_FULL_REPRO") == "1" else 48
     model, tokenizer = inference.load_adapter(adapter, model_path=None)
     out = inference.predict_reviews(model, tokenizer, test["text"][:n], cfg.max_length, cfg.prompt_suffix)
-    probs = [o["probability"] if o["label"] == "pos" else 1 - o["probability"] for o in out]
+    probs = inference.pos_probabilities(out)
     assert probs == pytest.approx(record["predictions"][:n], abs=2e-4)
     if n == len(test):
         assert classification_metrics(test["label"], probs)["accuracy"] == record["metrics"]["accuracy"]

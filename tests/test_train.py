@@ -5,7 +5,7 @@ import torch
 from transformers import DataCollatorWithPadding
 
 from peft_sentiment import VARIANTS, train
-from peft_sentiment.inference import predict_reviews
+from peft_sentiment.inference import pos_probabilities, predict_reviews
 from peft_sentiment.report import check_record
 from peft_sentiment.train import (
     TokenCounter,
@@ -138,7 +138,7 @@ def test_recorded_predictions_are_in_test_order(toy_cfg, tiny_model_path, tokeni
     texts = toy_splits["test"]["text"][:8]
     again = predict_reviews(model.eval(), tokenizer, texts, toy_cfg.max_length, toy_cfg.prompt_suffix)
     recorded = record["predictions"][:8]
-    assert [o["probability"] if o["label"] == "pos" else 1 - o["probability"] for o in again] == pytest.approx(recorded, abs=1e-5)
+    assert pos_probabilities(again) == pytest.approx(recorded, abs=1e-5)
     labels = [int(p > 0.5) for p in record["predictions"]]
     hits = sum(a == b for a, b in zip(labels, toy_splits["test"]["label"], strict=True))
     assert hits / len(labels) == pytest.approx(record["metrics"]["accuracy"])
