@@ -46,7 +46,11 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
         lora["project"]["train_real_tokens_per_s"] / lora["baseline"]["train_real_tokens_per_s"]
     )
     assert 0 < lora["project"]["train_mfu"] < 1
-    assert next(r for r in record["runs"] if r["pipeline"] == "project" and r["variant"] == "lora")["train_profile"]
+    project_lora = next(r for r in record["runs"] if r["pipeline"] == "project" and r["variant"] == "lora")
+    assert project_lora["train_profile"]
+    # tiny-gpt2 has GPT-2's dropouts: the same steps are timed without them
+    assert project_lora["train_no_backbone_dropout"]["real_tokens"] == project_lora["train"]["real_tokens"]
+    assert lora["backbone_dropout_off_speedup"] > 0
 
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- throughput:start -->\nold\n<!-- throughput:end -->\nrest\n")
@@ -54,3 +58,4 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro") and text.endswith("rest\n")
     assert f"**x{lora['train_ratio']:.2f}**" in text and record["command"] in text
+    assert f"x{lora['backbone_dropout_off_speedup']:.2f}" in text
