@@ -467,3 +467,69 @@ def throughput_section(record: dict) -> str:
         )
     lines += ["", *notes, "", f"Reproduce: `{record['command']}`"]
     return "\n".join(lines)
+
+
+def validation_curves(records: list[dict]) -> list[dict]:
+    """Per training run: validation accuracy against training seconds and peak memory so far.
+
+    Points come from the `log_history` stamps that train.TrainClock adds (training steps only, not
+    validation passes). Records from before it have one point: the run's end, with its training time
+    minus its validation passes (checkpoint saves stay in: slightly late).
+    """
+    curves = []
+    for r in records:
+        evals = [e for e in r["log_history"] if "eval_accuracy" in e]
+        if not evals:
+            continue
+        if all("train_seconds" in e for e in evals):
+            points = [(e["train_seconds"], e["eval_accuracy"], e["peak_memory_bytes"]) for e in evals]
+        else:
+            seconds = r["train_seconds"] - sum(e.get("eval_runtime", 0.0) for e in evals)
+            points = [(seconds, evals[-1]["eval_accuracy"], r["peak_memory_bytes"]["train"])]
+        label = VARIANT_LABELS.get(r["variant"], r["variant"])
+        lr = r.get("learning_rate") or r["config"]["lr_head_only" if r["variant"] == "head_only" else "lr_lora"]
+        label += f", lr {lr:g}" + (f" ({r['source']})" if r.get("source") else "")
+        curves.append({"variant": r["variant"], "label": label, "learning_rate": lr, "points": points})
+    return curves
+
+
+def best_within(curve: dict, seconds: float | None = None, memory_bytes: float | None = None) -> float | None:
+    """The best validation accuracy `curve` reached within a training-time and/or memory budget (None: never)."""
+    inside = [
+        acc
+        for t, acc, mem in curve["points"]
+        if (seconds is None or t <= seconds * 1.0001) and (memory_bytes is None or mem <= memory_bytes * 1.0001)
+    ]
+    return max(inside) if inside else None
+
+
+def compute_matched_table(curves: list[dict]) -> str:
+    """Markdown: at each run's own total training time and peak memory as a budget, each run's best validation accuracy."""
+    budgets = sorted({round(c["points"][-1][0]) for c in curves})
+    memories = sorted({c["points"][-1][2] for c in curves})
+    head = "| run | " + " | ".join(f"<= {b:,} s" for b in budgets) + " | " + " | ".join(f"<= {m / 1e9:.1f} GB" for m in memories) + " |"
+    lines = [head, "|---" * (1 + len(budgets) + len(memories)) + "|"]
+    for c in curves:
+        cells = [best_within(c, seconds=b) for b in budgets] + [best_within(c, memory_bytes=m) for m in memories]
+        lines.append(f"| {c['label']} | " + " | ".join("-" if x is None else f"{x:.1%}" for x in cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_validation_curves(curves: list[dict], baseline_accuracy: float | None = None, hardware: str = ""):
+    """Validation accuracy against training time and against peak memory, every run on the same axes."""
+    import matplotlib.pyplot as plt
+
+    fig, (time_ax, mem_ax) = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for c in curves:
+        t, acc, mem = zip(*c["points"], strict=True)
+        line = time_ax.plot(t, acc, marker="o", label=c["label"])[0]
+        mem_ax.plot([m / 1e9 for m in mem], acc, marker="o", color=line.get_color(), label=c["label"])
+    for ax in (time_ax, mem_ax):
+        if baseline_accuracy is not None:
+            ax.axhline(baseline_accuracy, color="grey", linestyle="--", label="TF-IDF + LR (same validation)")
+    time_ax.set(xlabel="training time so far (s; validation passes excluded)", ylabel="validation accuracy")
+    mem_ax.set(xlabel="peak training memory so far (GB)")
+    time_ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Accuracy vs training cost{', ' + hardware if hardware else ''}", fontsize=10)
+    fig.tight_layout()
+    return fig

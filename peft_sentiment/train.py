@@ -14,7 +14,14 @@ import torch
 from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, default_data_collator, set_seed
+from transformers import (
+    DataCollatorWithPadding,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+    set_seed,
+)
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -74,6 +81,10 @@ class PeakMemory:
             if self._stop.wait(self.interval_s):
                 return
 
+    def current_peak(self) -> int:
+        """The peak so far, inside the block."""
+        return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else self.peak_bytes
+
     def __exit__(self, *exc):
         if torch.cuda.is_available():
             self.peak_bytes = torch.cuda.max_memory_allocated()
@@ -81,6 +92,43 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
         return False
+
+
+class TrainClock(TrainerCallback):
+    """Stamps every validation result in `log_history` with the training seconds and peak memory so far.
+
+    The seconds count optimizer steps only, not validation passes or checkpoint saves, so each
+    validation accuracy can be plotted against what training had cost by then (report.validation_curves).
+    `offset` is work paid before the first step (head-only: the frozen forward pass). On resume the
+    clock continues from the last stamp, which the checkpoint's log_history keeps.
+    """
+
+    def __init__(self, memory: PeakMemory, offset: float = 0.0):
+        self.memory, self.offset = memory, offset
+        self.seconds = offset
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        stamps = [h["train_seconds"] for h in state.log_history if "train_seconds" in h]
+        self.seconds = stamps[-1] if stamps else self.offset
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._step_start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds += time.perf_counter() - self._step_start
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        last = state.log_history[-1]  # Trainer.evaluate logs its metrics just before this event
+        if "eval_accuracy" in last:
+            last |= {"train_seconds": self.seconds, "peak_memory_bytes": self.memory.current_peak()}
+
+
+class EvaluateAtEnd(TrainerCallback):
+    """A validation pass at the last step too: "every 1/n of the run" misses it when n does not divide the steps."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.eval_strategy == "steps" and state.global_step >= state.max_steps:
+            control.should_evaluate = True
 
 
 def make_training_args(cfg: Config, variant: str, **overrides) -> TrainingArguments:
@@ -142,6 +190,7 @@ def make_trainer(model, tokenizer, args: TrainingArguments, train_ds, eval_ds) -
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=compute_metrics,
+        callbacks=[EvaluateAtEnd()],
     )
 
 
@@ -156,9 +205,11 @@ def train_and_evaluate(trainer: Trainer, test_ds, resume: bool = False) -> dict:
     checkpoint = last_checkpoint(trainer) if resume else None
     counter = TokenCounter(trainer.model)
     with PeakMemory() as train_memory:
+        trainer.add_callback(TrainClock(train_memory))
         start = time.perf_counter()
         train_output = trainer.train(resume_from_checkpoint=checkpoint)
         train_seconds = time.perf_counter() - start
+    trainer.pop_callback(TrainClock)
     # Validation passes inside train() cost time too; they are reported, and excluded from train tokens.
     train_tokens, val_tokens = counter.tokens["train"], counter.tokens["eval"]
     counter.reset()
@@ -248,44 +299,54 @@ def feature_dataset(features: torch.Tensor, labels) -> Dataset:
     return Dataset.from_dict({"features": features.numpy(), "labels": list(labels)}).with_format("torch")
 
 
+def fit_head(cfg: Config, model, features: dict, labels: dict, memory: PeakMemory, clock_offset: float = 0.0):
+    """Train the model's head on cached features (train) with validation passes; returns (trainer, train output)."""
+    args = make_training_args(
+        cfg, "head_only", num_train_epochs=cfg.head_epochs, train_sampling_strategy="random", save_strategy="no"
+    )
+    head = FeatureHead(model.score)  # shares the weights: training it trains the model's head
+    trainer = Trainer(
+        model=head,
+        args=args,
+        train_dataset=feature_dataset(features["train"], labels["train"]),
+        eval_dataset=feature_dataset(features["validation"], labels["validation"]),
+        data_collator=default_data_collator,
+        compute_metrics=compute_metrics,
+        callbacks=[EvaluateAtEnd(), TrainClock(memory, offset=clock_offset)],
+    )
+    return trainer, trainer.train()
+
+
+def split_features(cfg: Config, model, tokenizer, splits, names, resume: bool) -> tuple[dict, dict, dict]:
+    """The frozen model's features of each split in `names` (cached in cfg.work_dir), their tokens and seconds."""
+    folder = Path(cfg.work_dir) / "head_only"
+    features, tokens, seconds = {}, {}, {}
+    for name in names:
+        start = time.perf_counter()
+        features[name], tokens[name] = cached_features(
+            model, splits[name], tokenizer, cfg.eval_batch_size, folder / f"features-{name}.safetensors", resume
+        )
+        seconds[name] = time.perf_counter() - start
+    return features, tokens, seconds
+
+
 def train_head_on_features(cfg: Config, model, tokenizer, splits, resume: bool = False) -> tuple[Trainer, dict]:
     """Head-only training that pays the frozen forward pass once per review instead of once per epoch.
 
     The features are saved in `cfg.work_dir` as they are computed; with `resume`, a rerun after a
     crash reuses them and pays only for what is missing.
     """
-    batch = cfg.eval_batch_size
-    folder = Path(cfg.work_dir) / "head_only"
-    args = make_training_args(
-        cfg, "head_only", num_train_epochs=cfg.head_epochs, train_sampling_strategy="random", save_strategy="no"
-    )
-    model.to(args.device)  # the Trainer would do it for the head only; the frozen pass needs the GPU too
+    model.to(make_training_args(cfg, "head_only").device)  # the Trainer would move the head only; the frozen pass needs the GPU too
+    labels = {name: splits[name]["label"] for name in ("train", "validation", "test")}
     with PeakMemory() as train_memory:
         start = time.perf_counter()
-        train_x, train_tokens = cached_features(
-            model, splits["train"], tokenizer, batch, folder / "features-train.safetensors", resume
-        )
-        val_x, val_tokens = cached_features(
-            model, splits["validation"], tokenizer, batch, folder / "features-validation.safetensors", resume
-        )
-        forward_seconds = time.perf_counter() - start
-        head = FeatureHead(model.score)  # shares the weights: training it trains the model's head
-        trainer = Trainer(
-            model=head,
-            args=args,
-            train_dataset=feature_dataset(train_x, splits["train"]["label"]),
-            eval_dataset=feature_dataset(val_x, splits["validation"]["label"]),
-            data_collator=default_data_collator,
-            compute_metrics=compute_metrics,
-        )
-        train_output = trainer.train()
+        features, tokens, seconds = split_features(cfg, model, tokenizer, splits, ("train", "validation"), resume)
+        trainer, train_output = fit_head(cfg, model, features, labels, train_memory, clock_offset=seconds["train"])
         train_seconds = time.perf_counter() - start
     with PeakMemory() as eval_memory:
         start = time.perf_counter()
-        test_x, eval_tokens = cached_features(
-            model, splits["test"], tokenizer, batch, folder / "features-test.safetensors", resume
-        )
-        prediction = trainer.predict(feature_dataset(test_x, splits["test"]["label"]), metric_key_prefix="test")
+        test, test_tokens, _ = split_features(cfg, model, tokenizer, splits, ("test",), resume)
+        prediction = trainer.predict(feature_dataset(test["test"], labels["test"]), metric_key_prefix="test")
         probabilities = [round(float(p), 6) for p in positive_probabilities(prediction.predictions)]  # sequential: in order
         eval_seconds = time.perf_counter() - start
     result = measured_result(
@@ -294,10 +355,10 @@ def train_head_on_features(cfg: Config, model, tokenizer, splits, resume: bool =
         prediction,
         probabilities,
         seconds={"train": train_seconds, "eval": eval_seconds},
-        tokens={"train": train_tokens, "validation": val_tokens, "eval": eval_tokens},
+        tokens={"train": tokens["train"], "validation": tokens["validation"], "eval": test_tokens["test"]},
         memory={"train": train_memory, "eval": eval_memory},
     )
-    return trainer, result | {"feature_seconds": forward_seconds, "head_epochs": cfg.head_epochs}
+    return trainer, result | {"feature_seconds": sum(seconds.values()), "head_epochs": cfg.head_epochs}
 
 
 def measured_result(trainer, train_output, prediction, probabilities, seconds, tokens, memory) -> dict:

@@ -138,3 +138,41 @@ class _Split(dict):
 
     def __len__(self):
         return len(self["label"])
+
+
+def stamped_run(variant, lr, points):
+    log = [{"step": 1, "loss": 0.7}]
+    log += [{"step": 2 * i, "eval_accuracy": acc, "eval_runtime": 5.0, "train_seconds": t, "peak_memory_bytes": m}
+            for i, (t, acc, m) in enumerate(points, 1)]  # fmt: skip
+    return {"variant": variant, "learning_rate": lr, "log_history": log, "config": {}, "train_seconds": 99.0}
+
+
+def test_validation_curves_use_the_stamps_else_the_run_end_without_validation_time():
+    stamped = stamped_run("lora", 1e-3, [(10.0, 0.6, 2e9), (20.0, 0.8, 3e9)])
+    older = {  # a record from before train.TrainClock: one point, the end, validation passes subtracted
+        "variant": "nf4_lora", "config": {"lr_lora": 5e-4}, "train_seconds": 100.0, "peak_memory_bytes": {"train": 1e9},
+        "log_history": [{"step": 5, "loss": 0.5}, {"step": 10, "eval_accuracy": 0.85, "eval_runtime": 30.0}],
+    }  # fmt: skip
+    unvalidated = {"variant": "lora", "config": {"lr_lora": 1.0}, "log_history": [{"step": 1, "loss": 0.7}]}
+    curves = report.validation_curves([stamped, older, unvalidated])
+    assert [c["label"] for c in curves] == ["LoRA, lr 0.001", "NF4 LoRA, lr 0.0005"]
+    assert curves[0]["points"] == [(10.0, 0.6, 2e9), (20.0, 0.8, 3e9)]
+    assert curves[1]["points"] == [(70.0, 0.85, 1e9)]
+
+
+def test_compute_matched_table_gives_each_runs_best_accuracy_within_each_budget():
+    fast = {"variant": "head_only", "label": "head", "learning_rate": 1e-3, "points": [(5.0, 0.7, 1e9), (6.0, 0.75, 1e9)]}
+    slow = {"variant": "lora", "label": "lora", "learning_rate": 1e-4, "points": [(10.0, 0.6, 3e9), (20.0, 0.9, 4e9)]}
+    assert report.best_within(slow, seconds=6) is None
+    assert report.best_within(slow, seconds=15) == 0.6
+    assert report.best_within(slow, memory_bytes=3e9) == 0.6
+    assert report.best_within(slow, seconds=20, memory_bytes=3e9) == 0.6
+    lines = report.compute_matched_table([fast, slow]).splitlines()
+    assert lines[0] == "| run | <= 6 s | <= 20 s | <= 1.0 GB | <= 4.0 GB |"
+    assert lines[2] == "| head | 75.0% | 75.0% | 75.0% | 75.0% |"
+    assert lines[3] == "| lora | - | 90.0% | - | 90.0% |"
+
+    fig = report.plot_validation_curves([fast, slow], baseline_accuracy=0.8, hardware="test machine")
+    time_ax, mem_ax = fig.axes
+    assert len(time_ax.lines) == 3 and list(time_ax.lines[1].get_xdata()) == [10.0, 20.0]  # two runs, the baseline
+    assert list(mem_ax.lines[1].get_xdata()) == [3.0, 4.0]  # GB
