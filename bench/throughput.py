@@ -292,7 +292,9 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
             rows = sample_batches(list(range(len(tokenized["train"]))), cfg.train_batch_size, 1, cfg.seed + 1)
             result["train_profile"] = profile_step(model, tokenizer, tokenized["train"], rows)
             if disable_backbone_dropout(model):  # the same steps (same seed, same batches) without it
-                seconds, calls, _ = measure_trainer_steps(cfg, variant, model, tokenizer, tokenized["train"], pipeline, args.steps)
+                seconds, calls, _ = measure_trainer_steps(
+                    cfg, variant, model, tokenizer, tokenized["train"], pipeline, args.steps
+                )
                 result["train_no_backbone_dropout"] = rates(seconds, calls[1:], params, shape, "train", recompute)
     seconds, calls, peak = measure_eval(cfg, variant, model, tokenizer, tokenized["test"], eval_order, args.eval_batches)
     result["eval"] = rates(seconds, calls, params, shape, "eval") | {"peak_memory_bytes": peak}

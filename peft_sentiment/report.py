@@ -507,8 +507,8 @@ def compute_matched_table(curves: list[dict]) -> str:
     """Markdown: at each run's own total training time and peak memory as a budget, each run's best validation accuracy."""
     budgets = sorted({round(c["points"][-1][0]) for c in curves})
     memories = sorted({c["points"][-1][2] for c in curves})
-    head = "| run | " + " | ".join(f"<= {b:,} s" for b in budgets) + " | " + " | ".join(f"<= {m / 1e9:.1f} GB" for m in memories) + " |"
-    lines = [head, "|---" * (1 + len(budgets) + len(memories)) + "|"]
+    columns = [f"<= {b:,} s" for b in budgets] + [f"<= {m / 1e9:.1f} GB" for m in memories]
+    lines = ["| run | " + " | ".join(columns) + " |", "|---" * (1 + len(budgets) + len(memories)) + "|"]
     for c in curves:
         cells = [best_within(c, seconds=b) for b in budgets] + [best_within(c, memory_bytes=m) for m in memories]
         lines.append(f"| {c['label']} | " + " | ".join("-" if x is None else f"{x:.1%}" for x in cells) + " |")

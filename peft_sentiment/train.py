@@ -336,7 +336,8 @@ def train_head_on_features(cfg: Config, model, tokenizer, splits, resume: bool =
     The features are saved in `cfg.work_dir` as they are computed; with `resume`, a rerun after a
     crash reuses them and pays only for what is missing.
     """
-    model.to(make_training_args(cfg, "head_only").device)  # the Trainer would move the head only; the frozen pass needs the GPU too
+    # the Trainer would move only the head; the frozen pass needs the GPU too
+    model.to(make_training_args(cfg, "head_only").device)
     labels = {name: splits[name]["label"] for name in ("train", "validation", "test")}
     with PeakMemory() as train_memory:
         start = time.perf_counter()
