@@ -150,7 +150,7 @@ def read_runs(cfg) -> list[dict]:
 
 
 def best_rates(curves: list[dict]) -> dict[str, dict]:
-    """Per variant, the run whose last validation pass scored best (ties: the smaller rate)."""
+    """Per variant, the run whose last validation pass scored best (ties: the first, the smaller rate)."""
     best = {}
     for c in curves:
         final = c["points"][-1][1]
@@ -175,11 +175,14 @@ def sweep_section(cfg, runs: list[dict], plot_path: Path) -> str:
     if baseline:
         lines.append(f"TF-IDF + LR on the same validation reviews: {max(baseline['validation_accuracy_by_C'].values()):.1%}.")
     for variant, best in best_rates(curves).items():
-        current = cfg.learning_rate(variant)
-        verdict = "the profile's rate" if best["learning_rate"] == current else f"the profile uses {current:g}"
+        finals = ", ".join(
+            f"{c['learning_rate']:g}{' (profile run)' if 'profile run' in c['label'] else ''}: {c['points'][-1][1]:.1%}"
+            for c in curves
+            if c["variant"] == variant
+        )
         lines.append(
             f"{report.VARIANT_LABELS[variant]}: best final validation accuracy at lr {best['learning_rate']:g} "
-            f"({best['final']:.1%}; {verdict})."
+            f"({best['final']:.1%}); by rate: {finals}; the profile uses {cfg.learning_rate(variant):g}."
         )
     half_width = 1.96 * (0.9 * 0.1 / cfg.val_size) ** 0.5
     lines += [

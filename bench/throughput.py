@@ -13,12 +13,21 @@ with the same batch size and Trainer settings:
 * baseline: the common tutorial pipeline: every review padded to 512 when tokenized, batches in
   random order, evaluation in dataset order, head-only trained through the frozen model each epoch.
 
-Bounded work: training times `--steps` optimizer steps after one warm-up step; evaluation times
-`--eval-batches` batches drawn (seeded) from the batches the pipeline forms on `--eval-pool` test
-reviews. Each (variant, pipeline) runs in its own process, so its peak memory is its own.
-The project pipeline of a LoRA variant also times the same steps with the frozen model's dropout
-off (GPT-2 draws dropout masks on every activation, attention probabilities included), to show what
-that recipe choice costs.
+Bounded work, paired and stratified: the project's pipeline forms its batches over the pool (training:
+the Trainer's length-grouped sampler on `--train-pool` reviews; evaluation: longest-first on
+`--eval-pool`), and the measurement times `--steps` training steps (after one warm-up step on the
+longest batch, which the Trainer also runs first) and `--eval-batches` evaluation batches that stand
+for the whole epoch: the batches are split by padded length into that many equal-count strata, and
+from each the batch nearest the stratum's mean length is taken. IMDB lengths vary tenfold, so k
+random batches would make the ratio a lottery; stratified, the k batches' cost tracks the epoch's.
+Both pipelines run the very same reviews in the same batches (the baseline's cost per batch does
+not depend on which reviews it holds: all are padded to 512). Each (variant, pipeline) runs in its
+own process, so its peak memory is its own.
+The baseline also keeps transformers' stock GPT-2 activation ("gelu_new", eight elementwise ops)
+where the project loads the same function fused (models.FUSED_ACTIVATIONS). The project's LoRA run
+then times its steps again on the same batches, once with the stock activation (what the fusion
+alone buys) and once with the frozen model's dropout off (GPT-2 draws dropout masks on every
+activation, attention probabilities included: what that recipe choice costs; not the default).
 MFU = model FLOPs on real tokens (peft_sentiment.cost) / time / the n x n matmul peak measured here.
 """
 
@@ -38,6 +47,7 @@ import numpy as np
 import psutil
 import torch
 from transformers import AutoConfig, TrainerCallback
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from peft_sentiment import VARIANTS, cost, data, models, report, train
 from peft_sentiment.config import make_config
@@ -54,8 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch", type=int, default=16 if on_gpu else 8, help="training batch (GPU 16, CPU 8)")
     parser.add_argument("--eval-batch", type=int, default=64 if on_gpu else 32, help="evaluation batch (GPU 64, CPU 32)")
-    parser.add_argument("--steps", type=int, default=2, help="timed training steps per measurement, after one warm-up")
-    parser.add_argument("--eval-batches", type=int, default=2, help="timed evaluation batches per measurement")
+    parser.add_argument("--steps", type=int, default=2, help="timed training steps (length strata), after one warm-up")
+    parser.add_argument("--eval-batches", type=int, default=2, help="timed evaluation batches (length strata)")
     parser.add_argument("--train-pool", type=int, default=2000, help="training reviews the steps' batches are drawn from")
     parser.add_argument("--eval-pool", type=int, default=1000, help="test reviews the evaluation batches are drawn from")
     parser.add_argument("--head-epochs", type=int, default=10, help="head-only epochs the effective throughput is for")
@@ -128,12 +138,39 @@ def pad_to_max_length(ds, tokenizer, max_length: int):
     return ds.map(encode, batched=True, remove_columns=["text"], desc="Tokenizing (pad to max_length)")
 
 
-def sample_batches(order, batch_size: int, k: int, seed: int) -> list[int]:
-    """The rows of `k` of the batches that `order` forms, drawn with `seed`, in their original order."""
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    batches = [b for b in batches if len(b) == batch_size]  # a short last batch is not typical
-    picked = np.random.default_rng(seed).choice(len(batches), size=min(k, len(batches)), replace=False)
-    return [int(i) for j in sorted(picked) for i in batches[j]]
+def real_lengths(ds) -> list[int]:
+    """Each review's real (non-pad) token count, whichever pipeline tokenized it."""
+    return list(ds["length"]) if "length" in ds.column_names else [int(sum(m)) for m in ds["attention_mask"]]
+
+
+def epoch_batches(lengths: list[int], batch_size: int, order: str, seed: int) -> list[list[int]]:
+    """The full batches the project's pipeline forms over a pool of reviews with these `lengths`.
+
+    "grouped": training, the Trainer's length-grouped sampler; "longest_first": evaluation
+    (train.predict_in_order); "shortest_first": head-only's frozen pass (train.extract_features).
+    """
+    if order == "grouped":
+        indices = get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
+    else:
+        indices = np.argsort(np.asarray(lengths), kind="stable")
+        indices = indices[::-1] if order == "longest_first" else indices
+    batches = [[int(i) for i in indices[j : j + batch_size]] for j in range(0, len(indices), batch_size)]
+    return [b for b in batches if len(b) == batch_size]  # a short last batch is not typical
+
+
+def stratified_batches(batches: list[list[int]], lengths: list[int], k: int) -> list[list[int]]:
+    """`k` batches that stand for all of `batches`: one per equal-count stratum of padded length.
+
+    From each stratum, the batch whose padded length (its longest review) is nearest the stratum's
+    mean; a step's cost grows with its padded length, so each picked batch costs about what an
+    average batch of its stratum does.
+    """
+    padded = sorted(batches, key=lambda b: max(lengths[i] for i in b))
+    picked = []
+    for stratum in np.array_split(np.arange(len(padded)), min(k, len(padded))):
+        sizes = np.array([max(lengths[i] for i in padded[j]) for j in stratum])
+        picked.append(padded[stratum[int(np.argmin(np.abs(sizes - sizes.mean())))]])
+    return picked
 
 
 def rates(seconds: float, calls: list[dict], params: dict, shape: tuple, kind: str, recompute: bool = False) -> dict:
@@ -159,21 +196,20 @@ def rates(seconds: float, calls: list[dict], params: dict, shape: tuple, kind: s
     }
 
 
-def measure_trainer_steps(cfg, variant, model, tokenizer, train_ds, pipeline, steps: int) -> tuple[float, list, int]:
-    """Time `steps` Trainer steps after one warm-up, with the pipeline's sampling.
+def measure_trainer_steps(cfg, variant, model, tokenizer, train_ds, warmup: bool = True) -> tuple[float, list, int]:
+    """Time Trainer steps over `train_ds`, whose rows are already in batch order; with `warmup`, the first is untimed.
 
     Returns the timed steps' seconds, every step's forward shapes (the warm-up's first), and peak memory.
     """
-    sampling = "group_by_length" if pipeline == "project" else "random"
     args = train.make_training_args(
         cfg,
         variant,
-        max_steps=steps + 1,
+        max_steps=len(train_ds) // cfg.train_batch_size,
         warmup_steps=0,
         save_strategy="no",
         eval_strategy="no",
         logging_strategy="no",
-        train_sampling_strategy=sampling,
+        train_sampling_strategy="sequential",  # the batches were formed by the pipeline's sampler (epoch_batches)
         disable_tqdm=True,
     )
     trainer = train.make_trainer(model, tokenizer, args, train_ds, None)
@@ -182,28 +218,40 @@ def measure_trainer_steps(cfg, variant, model, tokenizer, train_ds, pipeline, st
     with train.PeakMemory() as memory:
         trainer.train()
     shapes.remove()
-    # the timed steps: the first (warm-up; group_by_length puts the longest batch first) is dropped
-    seconds = step_log.ends[-1] - step_log.ends[1]
+    # the timed steps: the first (warm-up, on the longest batch, as the Trainer's sampler starts) is dropped
+    seconds = step_log.ends[-1] - step_log.ends[1 if warmup else 0]
     return seconds, shapes.calls, memory.peak_bytes
 
 
-def measure_eval(cfg, variant, model, tokenizer, test_ds, order, k: int) -> tuple[float, list, int]:
-    """Time `trainer.predict` on `k` sampled batches of the pipeline's evaluation order."""
-    rows = sample_batches(order, cfg.eval_batch_size, k, cfg.seed)
-    # sequential, as train.predict_in_order sets it: the sampled batches must stay as the pipeline formed them
+def measure_eval(cfg, variant, model, tokenizer, test_ds) -> tuple[float, list, int]:
+    """Time `trainer.predict` on `test_ds`, whose rows are already in batch order."""
+    # sequential, as train.predict_in_order sets it: the batches must stay as the pipeline formed them
     args = train.make_training_args(
         cfg, variant, eval_strategy="no", save_strategy="no", disable_tqdm=True, train_sampling_strategy="sequential"
     )
     trainer = train.make_trainer(model, tokenizer, args, None, None)
-    warm = test_ds.select(rows[:2])  # first call: thread pools, allocator
-    trainer.predict(warm)
+    trainer.predict(test_ds.select(range(2)))  # first call: thread pools, allocator
     shapes = ShapeLog(model)
     with train.PeakMemory() as memory:
         start = time.perf_counter()
-        trainer.predict(test_ds.select(rows))
+        trainer.predict(test_ds)
         seconds = time.perf_counter() - start
     shapes.remove()
     return seconds, shapes.calls, memory.peak_bytes
+
+
+def use_stock_activation(model) -> int:
+    """Put back transformers' stock GPT-2 activation where the project loaded the fused one; returns how many."""
+    from transformers.activations import ACT2FN
+
+    fused = {type(ACT2FN[new]): old for old, new in models.FUSED_ACTIVATIONS.items()}
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) in fused:
+                setattr(module, name, ACT2FN[fused[type(child)]])
+                swapped += 1
+    return swapped
 
 
 def disable_backbone_dropout(model) -> int:
@@ -249,10 +297,16 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
     tokenizer = models.load_tokenizer(model_path)
     if pipeline == "project":
         tokenized = data.tokenize_reviews(splits, tokenizer, cfg.max_length)
-        eval_order = list(np.argsort(np.asarray(tokenized["test"]["length"]), kind="stable")[::-1])  # as predict_in_order
     else:
         tokenized = pad_to_max_length(splits, tokenizer, cfg.max_length)
-        eval_order = list(range(len(tokenized["test"])))
+    # the same reviews in the same batches for both pipelines, chosen from the project's epoch (see the docstring)
+    train_lengths, test_lengths = real_lengths(tokenized["train"]), real_lengths(tokenized["test"])
+    train_batches = epoch_batches(train_lengths, cfg.train_batch_size, "grouped", cfg.seed)
+    warmup = max(train_batches, key=lambda b: max(train_lengths[i] for i in b))
+    timed = stratified_batches(train_batches, train_lengths, args.steps)
+    train_ds = tokenized["train"].select([i for b in [warmup, *timed] for i in b])
+    eval_batches = epoch_batches(test_lengths, cfg.eval_batch_size, "longest_first", cfg.seed)
+    eval_ds = tokenized["test"].select([i for b in stratified_batches(eval_batches, test_lengths, args.eval_batches) for i in b])
     model = train.build_variant(
         variant,
         model_path,
@@ -261,6 +315,8 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
         lora_config=models.make_lora_config(cfg, model_path),
         bnb_config=models.make_bnb_config(cfg),
     )
+    if pipeline == "baseline":
+        use_stock_activation(model)
     params, shape = cost.matmul_params(model), cost.attention_shape(model)
     recompute = variant == "nf4_lora"  # gradient checkpointing
     result = {
@@ -274,11 +330,17 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
     if variant == "head_only" and pipeline == "project":
         result |= measure_cached_head(cfg, model, tokenizer, tokenized, params, shape, args)
     else:
-        seconds, calls, peak = measure_trainer_steps(cfg, variant, model, tokenizer, tokenized["train"], pipeline, args.steps)
+        seconds, calls, peak = measure_trainer_steps(cfg, variant, model, tokenizer, train_ds)
         result["train"] = rates(seconds, calls[1:], params, shape, "train", recompute) | {"peak_memory_bytes": peak}
         longest = max(c["padded"] for c in calls)
         estimate = cost.estimate_training_memory(
-            AutoConfig.from_pretrained(model_path), variant, cfg.train_batch_size, longest, cfg.lora_r, cfg.lora_targets
+            AutoConfig.from_pretrained(model_path),
+            variant,
+            cfg.train_batch_size,
+            longest,
+            cfg.lora_r,
+            cfg.lora_targets,
+            lora_dropout=cfg.lora_dropout,
         )
         # what training adds to the loaded model: estimated vs measured (peak minus memory before training)
         result["memory_check"] = {
@@ -289,14 +351,14 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
             "estimated_weights_bytes": estimate["weights"],
         }
         if pipeline == "project":
-            rows = sample_batches(list(range(len(tokenized["train"]))), cfg.train_batch_size, 1, cfg.seed + 1)
-            result["train_profile"] = profile_step(model, tokenizer, tokenized["train"], rows)
-            if disable_backbone_dropout(model):  # the same steps (same seed, same batches) without it
-                seconds, calls, _ = measure_trainer_steps(
-                    cfg, variant, model, tokenizer, tokenized["train"], pipeline, args.steps
-                )
-                result["train_no_backbone_dropout"] = rates(seconds, calls[1:], params, shape, "train", recompute)
-    seconds, calls, peak = measure_eval(cfg, variant, model, tokenizer, tokenized["test"], eval_order, args.eval_batches)
+            result["train_profile"] = profile_step(model, tokenizer, tokenized["train"], timed[len(timed) // 2])
+        if pipeline == "project" and variant == "lora":  # the same timed batches again, the model already warm
+            timed_ds = tokenized["train"].select([i for b in timed for i in b])
+            for change, key in ((use_stock_activation, "stock_activation"), (disable_backbone_dropout, "no_backbone_dropout")):
+                if change(model):  # cumulative: the second runs with the stock activation too, so compare it with the first
+                    seconds, calls, _ = measure_trainer_steps(cfg, variant, model, tokenizer, timed_ds, warmup=False)
+                    result[f"train_{key}"] = rates(seconds, calls, params, shape, "train", recompute)
+    seconds, calls, peak = measure_eval(cfg, variant, model, tokenizer, eval_ds)
     result["eval"] = rates(seconds, calls, params, shape, "eval") | {"peak_memory_bytes": peak}
     Path(out).write_text(json.dumps(result, indent=1))
 
@@ -304,11 +366,13 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
 def measure_cached_head(cfg, model, tokenizer, tokenized, params, shape, args) -> dict:
     """Head-only as the package trains it (train.train_variant): one frozen pass over sampled batches, then the head.
 
-    The frozen pass sorts reviews by length; its batches are drawn from that order on the training
-    pool, so they are the batches a full run would form.
+    The frozen pass sorts reviews by length and batches them; its batches are length strata of those
+    it forms on the training pool (see `stratified_batches`), so they stand for a full run's.
     """
-    order = list(np.argsort(np.asarray(tokenized["train"]["length"]), kind="stable"))
-    rows = sample_batches(order, cfg.eval_batch_size, max(2, args.steps * cfg.train_batch_size // cfg.eval_batch_size), cfg.seed)
+    lengths = real_lengths(tokenized["train"])
+    batches = epoch_batches(lengths, cfg.eval_batch_size, "shortest_first", cfg.seed)
+    picked = stratified_batches(batches, lengths, max(2, args.steps * cfg.train_batch_size // cfg.eval_batch_size))
+    rows = [i for b in picked for i in b]
     splits = {
         "train": tokenized["train"].select(rows),
         "validation": tokenized["validation"],
@@ -436,10 +500,14 @@ def summarize(record: dict) -> dict:
             }
             if train_tokens:  # head-only on cached features: the one frozen pass (its epochs then cost ~nothing)
                 row[name]["full_imdb_epoch_hours"] = train_tokens / run["train"]["real_tokens_per_s"] / 3600
-        if "train_no_backbone_dropout" in proj:
-            row["backbone_dropout_off_speedup"] = (
-                proj["train_no_backbone_dropout"]["real_tokens_per_s"] / proj["train"]["real_tokens_per_s"]
+        if "train_stock_activation" in proj:  # what the fused activation buys: fused over stock, same batches
+            row["fused_activation_speedup"] = (
+                proj["train"]["real_tokens_per_s"] / proj["train_stock_activation"]["real_tokens_per_s"]
             )
+            if "train_no_backbone_dropout" in proj:  # both with the stock activation
+                row["backbone_dropout_off_speedup"] = (
+                    proj["train_no_backbone_dropout"]["real_tokens_per_s"] / proj["train_stock_activation"]["real_tokens_per_s"]
+                )
         if variant == "head_only":
             epochs = proj["train"]["head_epochs"]
             row[f"train_ratio_over_{epochs}_epochs"] = (

@@ -103,7 +103,14 @@ NF4_BYTES_PER_WEIGHT = 0.5 + (1 + 4 / 256) / 64  # two codes per byte; an 8-bit 
 
 
 def estimate_training_memory(
-    config, variant: str, batch: int, seq_len: int, lora_r: int = 8, lora_targets=None, checkpointing: bool | None = None
+    config,
+    variant: str,
+    batch: int,
+    seq_len: int,
+    lora_r: int = 8,
+    lora_targets=None,
+    checkpointing: bool | None = None,
+    lora_dropout: float = 0.0,
 ) -> dict[str, float]:
     """Bytes a training step needs, by part: weights, trainable parameters, gradients, AdamW state, activations.
 
@@ -113,9 +120,11 @@ def estimate_training_memory(
     1-byte dropout masks, i.e. 66*s*b*h + 9*a*s^2*b in fp32 (masks stay 1 byte). Gradient
     checkpointing keeps each layer's input (4*s*b*h) and one layer's activations at a time.
     Head-only keeps none: nothing below the head needs a gradient. `checkpointing` None = the
-    variant's default (NF4 LoRA on, the others off).
+    variant's default (NF4 LoRA on, the others off). With `lora_dropout` > 0 every LoRA layer also
+    keeps a dropped copy of its input (fp32) and the mask (1 byte): 5*s*b bytes per input feature.
     """
     from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForSequenceClassification
 
     from peft_sentiment.models import LORA_TARGETS
@@ -135,7 +144,9 @@ def estimate_training_memory(
     else:
         targets = list(lora_targets or LORA_TARGETS[config.model_type])
         lora = LoraConfig(task_type="SEQ_CLS", r=lora_r, target_modules=targets)
-        trainable = get_peft_model(model, lora).get_nb_trainable_parameters()[0]
+        peft_model = get_peft_model(model, lora)
+        trainable = peft_model.get_nb_trainable_parameters()[0]
+        lora_inputs = sum(m.in_features for m in peft_model.modules() if isinstance(m, LoraLayer))
     # NF4: 4-bit linear layers, bf16 embeddings (store_embeddings_16bit), fp32 norms, biases and head
     nf4 = NF4_BYTES_PER_WEIGHT * (linear - head) + 2 * embeddings + 4 * (other + head)
     weights = nf4 if variant == "nf4_lora" else 4 * total
@@ -144,6 +155,8 @@ def estimate_training_memory(
     heads = config.num_attention_heads
     s, b = seq_len, batch
     per_layer = 66 * s * b * hidden + 9 * heads * s * s * b
+    if variant != "head_only" and lora_dropout > 0:
+        per_layer += 5 * s * b * lora_inputs / layers
     if checkpointing is None:
         checkpointing = variant == "nf4_lora"
     if variant == "head_only":

@@ -36,6 +36,10 @@ LORA_TARGETS = {
     "gpt2": ("c_attn", "c_proj", "c_fc"),
     "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 }
+# GPT-2's "gelu_new" is the tanh GELU written as eight elementwise ops, each a pass over the MLP's
+# widest activations that autograd keeps for backward; torch's fused kernel computes the same function
+# (within 5e-7 in fp32; tests/test_models.py) in one pass and keeps only its input.
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 NF4_EMBEDDING_DTYPE = "bfloat16"  # what the NF4 variant stores its embedding tables in (store_embeddings_16bit)
 ID2LABEL = dict(enumerate(LABEL_NAMES))
 LABEL2ID = {name: i for i, name in ID2LABEL.items()}
@@ -210,6 +214,9 @@ def load_classifier(
     `embedding_dtype` ("bfloat16") stores the embedding tables in 16 bits (see `store_embeddings_16bit`).
     """
     kwargs = {}
+    activation = getattr(AutoConfig.from_pretrained(model_path), "activation_function", None)
+    if activation in FUSED_ACTIVATIONS:
+        kwargs["activation_function"] = FUSED_ACTIVATIONS[activation]  # same function, fused (see FUSED_ACTIVATIONS)
     if bnb_config is not None:
         check_bitsandbytes()
         if torch.cuda.is_available():  # each process quantizes onto its own GPU (DDP-safe, unlike "auto")

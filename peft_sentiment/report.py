@@ -450,13 +450,15 @@ def throughput_section(record: dict) -> str:
         if key.startswith("train_ratio_over_"):
             epochs = key.removeprefix("train_ratio_over_").removesuffix("_epochs")
             notes.append(f"Head-only over {epochs} epochs (one frozen pass, then the head on cached features): x{value:.1f}.")
-    speedups = {v: row["backbone_dropout_off_speedup"] for v, row in summary.items() if "backbone_dropout_off_speedup" in row}
-    if speedups:
-        notes.append(
-            "Training with the frozen model's dropout off (same steps, project pipeline): "
-            + ", ".join(f"{VARIANT_LABELS.get(v, v)} x{x:.2f}" for v, x in speedups.items())
-            + "; not the default: the accuracy effect is unmeasured here (no pretrained GPT-2)."
-        )
+    for key, what in (
+        ("fused_activation_speedup", "The fused GELU (the same function as GPT-2's stock `gelu_new`; the project's default), "
+         "training on the same batches"),
+        ("backbone_dropout_off_speedup", "The frozen model's dropout off (same batches, stock GELU in both); not the default, "
+         "its accuracy effect is unmeasured here (no pretrained GPT-2)"),
+    ):  # fmt: skip
+        speedups = {v: row[key] for v, row in summary.items() if key in row}
+        if speedups:
+            notes.append(f"{what}: " + ", ".join(f"{VARIANT_LABELS.get(v, v)} x{x:.2f}" for v, x in speedups.items()) + ".")
     if "nf4_bytes_vs_fp32" in record["summary"]:
         notes.append(f"NF4 model bytes: {record['summary']['nf4_bytes_vs_fp32']:.1%} of the fp32 model's.")
     tok = record.get("tokenization")

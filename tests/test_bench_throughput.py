@@ -1,17 +1,53 @@
 """bench/throughput.py runs end to end on a tiny model and writes a record whose figures add up."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from peft_sentiment import report
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "bench" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_epoch_batches_are_the_pipelines_batches(bench):
+    lengths = [int(x) for x in np.random.default_rng(0).lognormal(5.3, 0.7, size=403).clip(10, 512)]
+    grouped = bench.epoch_batches(lengths, 8, "grouped", seed=0)
+    assert len(grouped) == 50 and len({i for b in grouped for i in b}) == 400  # full batches, no review twice
+    assert max(lengths[i] for i in grouped[0]) == max(lengths)  # the Trainer's sampler runs the longest batch first
+    padded = sum(max(lengths[i] for i in b) * 8 for b in grouped)
+    assert sum(lengths[i] for b in grouped for i in b) / padded > 0.8  # grouped by length: little padding
+    longest = bench.epoch_batches(lengths, 32, "longest_first", seed=0)
+    assert [lengths[i] for b in longest for i in b] == sorted(lengths, reverse=True)[: 12 * 32]
+
+
+def test_stratified_batches_stand_for_the_whole_epoch(bench):
+    rng = np.random.default_rng(1)
+    lengths = [int(x) for x in rng.lognormal(5.3, 0.7, size=2000).clip(10, 512)]
+    batches = bench.epoch_batches(lengths, 8, "grouped", seed=1)
+    padded = np.array([max(lengths[i] for i in b) for b in batches])
+    for k in (2, 3, 4):
+        picked = bench.stratified_batches(batches, lengths, k)
+        sizes = sorted(max(lengths[i] for i in b) for b in picked)
+        assert len(picked) == k and len(set(sizes)) == k  # one per stratum: short to long
+        assert np.mean(sizes) == pytest.approx(padded.mean(), rel=0.03)  # the epoch's mean padded length
+    # k random batches miss it by far more (that is what stratifying buys)
+    errors = [abs(padded[rng.choice(len(batches), 2, replace=False)].mean() / padded.mean() - 1) for _ in range(200)]
+    assert np.median(errors) > 0.1
 
 
 @pytest.mark.slow
@@ -48,9 +84,10 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
     assert 0 < lora["project"]["train_mfu"] < 1
     project_lora = next(r for r in record["runs"] if r["pipeline"] == "project" and r["variant"] == "lora")
     assert project_lora["train_profile"]
-    # tiny-gpt2 has GPT-2's dropouts: the same steps are timed without them
-    assert project_lora["train_no_backbone_dropout"]["real_tokens"] == project_lora["train"]["real_tokens"]
-    assert lora["backbone_dropout_off_speedup"] > 0
+    # tiny-gpt2 has GPT-2's activation and dropouts: the same timed batches run with the stock GELU, then without dropout
+    for key in ("train_stock_activation", "train_no_backbone_dropout"):
+        assert project_lora[key]["real_tokens"] == project_lora["train"]["real_tokens"]
+    assert lora["fused_activation_speedup"] > 0 and lora["backbone_dropout_off_speedup"] > 0
 
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- throughput:start -->\nold\n<!-- throughput:end -->\nrest\n")
@@ -58,4 +95,4 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro") and text.endswith("rest\n")
     assert f"**x{lora['train_ratio']:.2f}**" in text and record["command"] in text
-    assert f"x{lora['backbone_dropout_off_speedup']:.2f}" in text
+    assert f"x{lora['fused_activation_speedup']:.2f}" in text and f"x{lora['backbone_dropout_off_speedup']:.2f}" in text

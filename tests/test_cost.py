@@ -72,3 +72,16 @@ def test_memory_estimate_matches_the_built_models_weights_and_orders_the_variant
     assert with_gc["activations"] == est["nf4_lora"]["activations"]
     longer = cost.estimate_training_memory(config, "lora", batch=8, seq_len=256, lora_r=4)
     assert longer["activations"] > 2 * est["lora"]["activations"]  # attention grows with the square of the length
+
+
+def test_memory_estimate_counts_what_lora_dropout_keeps(tiny_model_path, tokenizer, lora_config):
+    from peft.tuners.lora import LoraLayer
+
+    config = AutoConfig.from_pretrained(tiny_model_path)
+    plain = cost.estimate_training_memory(config, "lora", batch=8, seq_len=128, lora_r=4)
+    dropped = cost.estimate_training_memory(config, "lora", batch=8, seq_len=128, lora_r=4, lora_dropout=0.1)
+    model = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
+    inputs = sum(m.in_features for m in model.modules() if isinstance(m, LoraLayer))
+    assert inputs > 0
+    # each LoRA layer keeps its dropped input (fp32) and the mask (1 byte)
+    assert dropped["activations"] - plain["activations"] == pytest.approx(5 * 128 * 8 * inputs)

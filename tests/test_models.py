@@ -119,3 +119,19 @@ def test_no_code_enables_remote_code_or_pickles():
     sources = [p.read_text() for p in Path(models.__file__).parent.rglob("*.py")]
     assert not any("trust_remote_code=True" in s for s in sources)
     assert not any("torch.load(" in s or "import pickle" in s for s in sources)
+
+
+def test_gpt2_loads_with_the_fused_gelu_that_computes_the_same(tiny_model_path, tokenizer):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    assert AutoConfig.from_pretrained(tiny_model_path).activation_function == "gelu_new"  # as gpt2's config says
+    fused = models.load_classifier(tiny_model_path, tokenizer.pad_token_id)
+    assert fused.config.activation_function == "gelu_pytorch_tanh"
+    assert all(isinstance(block.mlp.act, GELUTanh) for block in fused.transformer.h)
+    stock = AutoModelForSequenceClassification.from_pretrained(tiny_model_path, num_labels=2)
+    stock.config.pad_token_id = tokenizer.pad_token_id
+    assert isinstance(stock.transformer.h[0].mlp.act, NewGELUActivation)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        torch.testing.assert_close(fused(input_ids=ids).logits, stock(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
