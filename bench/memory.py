@@ -1,0 +1,173 @@
+"""Will it fit? `cost.estimate_training_memory` against the measured peak, for every GPT-2 size that runs here.
+
+    python bench/memory.py     # gpt2, gpt2-medium, gpt2-large (random weights) x 3 variants, batch 4 x 256
+
+Each (model, variant) runs in its own process, so each peak is its own: the package's builder makes
+the variant, the process's memory is read, then one full training step (forward, backward, AdamW
+step: what allocates gradients and optimizer state) runs on a batch of random tokens exactly
+`--seq-len` long (no padding, so the estimate's sequence length is exact) while the peak is sampled
+(process RSS on a CPU, the CUDA allocator's peak on a GPU). The record compares what training adds
+to the loaded model: estimate vs measurement, and the weights: estimate vs get_memory_footprint().
+Weights do not change memory use, so random ones measure the real models' memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import torch
+from transformers import AutoConfig
+
+from peft_sentiment import VARIANTS, cost, models, report, train
+from peft_sentiment.config import make_config
+
+DEFAULT_MODELS = ("gpt2-random", "gpt2-medium-random", "gpt2-large-random")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="short names or model folders")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--out", default=None, help="record path (default: results/memory/<cpu|cuda>.json)")
+    parser.add_argument("--readme", help="also regenerate this README's memory block from the record")
+    parser.add_argument("--worker", nargs=3, metavar=("MODEL", "VARIANT", "OUT"), help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def current_bytes() -> int:
+    gc.collect()
+    return torch.cuda.memory_allocated() if torch.cuda.is_available() else psutil.Process().memory_info().rss
+
+
+def run_worker(args, model_name: str, variant: str, out: str) -> None:
+    """One training step of `variant` on `model_name`, its peak memory and the estimate, as JSON in `out`."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    cfg = make_config("full", model_name=model_name)  # the full profile's LoRA and NF4 settings
+    model_path = models.resolve_model(model_name)
+    tokenizer = models.load_tokenizer(model_path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = train.build_variant(
+        variant,
+        model_path,
+        tokenizer,
+        seed=cfg.seed,
+        lora_config=models.make_lora_config(cfg, model_path),
+        bnb_config=models.make_bnb_config(cfg),
+    )
+    if variant != "nf4_lora":  # NF4 is placed on its device when it loads
+        model.to(device)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq_len), generator=generator).to(device)
+    labels = torch.randint(0, 2, (args.batch,), generator=generator).to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    before = current_bytes()
+    model.train()
+    with train.PeakMemory(interval_s=0.01) as memory:
+        start = time.perf_counter()
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss.backward()
+        optimizer.step()
+        seconds = time.perf_counter() - start
+    estimate = cost.estimate_training_memory(
+        AutoConfig.from_pretrained(model_path),
+        variant,
+        args.batch,
+        args.seq_len,
+        cfg.lora_r,
+        cfg.lora_targets,
+        lora_dropout=cfg.lora_dropout,
+    )
+    result = {
+        "model": model_name,
+        "variant": variant,
+        "params": estimate["params"],
+        "model_bytes": int(model.get_memory_footprint()),
+        "memory_before_bytes": before,
+        "peak_bytes": memory.peak_bytes,
+        "measured_added_bytes": memory.peak_bytes - before,
+        "estimate": estimate,
+        "estimated_added_bytes": estimate["total"] - estimate["weights"],
+        "step_seconds": seconds,
+    }
+    Path(out).write_text(json.dumps(result, indent=1))
+
+
+def summarize(run: dict) -> dict:
+    return {
+        "weights_error": run["estimate"]["weights"] / run["model_bytes"] - 1,
+        "added_error": run["estimated_added_bytes"] / run["measured_added_bytes"] - 1,
+    }
+
+
+def memory_section(record: dict) -> str:
+    """Markdown: estimate vs measurement per model and variant, with the command."""
+    device = record["device"]
+    lines = [
+        f"**Batch {record['settings']['batch']} x {record['settings']['seq_len']} tokens, one training step, "
+        f"{device['name']} ({'process RSS' if device['type'] == 'cpu' else 'CUDA allocator peak'}), {record['created'][:10]}.** "
+        "Added = peak minus the memory before the step (activations, gradients, optimizer state, allocator overhead).",
+        "",
+        "| model | params | variant | weights MB: estimate / measured | added MB: estimate / measured | error of the added estimate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in record["runs"]:
+        e = summarize(run)
+        lines.append(
+            f"| {run['model'].removesuffix('-random')} | {run['params'] / 1e6:,.0f}M | {report.VARIANT_LABELS[run['variant']]} "
+            f"| {run['estimate']['weights'] / 1e6:,.0f} / {run['model_bytes'] / 1e6:,.0f} "
+            f"| {run['estimated_added_bytes'] / 1e6:,.0f} / {run['measured_added_bytes'] / 1e6:,.0f} | {e['added_error']:+.0%} |"
+        )
+    lines += ["", f"Reproduce: `{record['command']}`"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.worker:
+        run_worker(args, *args.worker)
+        return 0
+    started = time.perf_counter()
+    record = {
+        "command": "python " + shlex.join(["bench/memory.py", *argv]),
+        "device": report.device_info(),
+        "versions": report.library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": {"batch": args.batch, "seq_len": args.seq_len},
+        "runs": [],
+    }
+    for model_name in args.models:
+        models.resolve_model(model_name)  # build a random-weight model once, outside the measured processes
+        for variant in args.variants:
+            with tempfile.NamedTemporaryFile(suffix=".json") as out:
+                cmd = [sys.executable, __file__, *argv, "--worker", model_name, variant, out.name]
+                subprocess.run(cmd, check=True)
+                run = json.loads(Path(out.name).read_text())
+            record["runs"].append(run)
+            print(f"{model_name} {variant}: added {run['measured_added_bytes'] / 1e6:,.0f} MB measured, "
+                  f"{run['estimated_added_bytes'] / 1e6:,.0f} MB estimated ({summarize(run)['added_error']:+.0%})", flush=True)  # fmt: skip
+    record["total_seconds"] = time.perf_counter() - started
+    out = Path(args.out or f"results/memory/{record['device']['type']}.json")
+    report.write_json_atomic(record, out)
+    section = memory_section(record)
+    print(section)
+    if args.readme:
+        report.replace_block(args.readme, "memory", section)
+    print(f"wrote {out} in {record['total_seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

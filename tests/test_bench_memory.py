@@ -1,0 +1,33 @@
+"""bench/memory.py: the will-it-fit estimate against the measured peak, per model and variant."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from peft_sentiment import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_memory_bench_compares_estimate_and_measurement(tiny_model_path, model_cache, tmp_path):
+    out = tmp_path / "memory.json"
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- memory:start -->\nold\n<!-- memory:end -->\n")
+    cmd = [sys.executable, "bench/memory.py", "--models", tiny_model_path, "--variants", "head_only", "nf4_lora"]
+    cmd += ["--batch", "2", "--seq-len", "32", "--out", str(out), "--readme", str(readme)]
+    subprocess.run(cmd, cwd=ROOT, check=True, timeout=300, env={**os.environ, "PEFT_SENTIMENT_CACHE": str(model_cache)})
+
+    record = json.loads(out.read_text())
+    assert [r["variant"] for r in record["runs"]] == ["head_only", "nf4_lora"]
+    for run in record["runs"]:
+        assert run["peak_bytes"] >= run["memory_before_bytes"] > 0 and run["step_seconds"] > 0
+        assert run["estimated_added_bytes"] == pytest.approx(run["estimate"]["total"] - run["estimate"]["weights"])
+    nf4 = record["runs"][1]
+    assert nf4["estimate"]["weights"] == pytest.approx(nf4["model_bytes"], rel=0.1)  # as tests/test_cost.py checks
+    text = readme.read_text()
+    assert "old" not in text and record["command"] in text and "| NF4 LoRA |" in text
+    assert report.VARIANT_LABELS["head_only"] in text
