@@ -8,6 +8,10 @@ step: what allocates gradients and optimizer state) runs on a batch of random to
 `--seq-len` long (no padding, so the estimate's sequence length is exact) while the peak is sampled
 (process RSS on a CPU, the CUDA allocator's peak on a GPU). The record compares what training adds
 to the loaded model: estimate vs measurement, and the weights: estimate vs get_memory_footprint().
+The process's peak also holds what no formula of the model counts (allocator caching, transient
+buffers, thread workspaces, lazily loaded code), so the activations the estimate models are also
+measured on their own: the bytes autograd keeps for backward (`saved_tensors_hooks`, each storage
+once, parameters excluded), against the estimate's activations.
 Weights do not change memory use, so random ones measure the real models' memory.
 """
 
@@ -50,6 +54,22 @@ def current_bytes() -> int:
     return torch.cuda.memory_allocated() if torch.cuda.is_available() else psutil.Process().memory_info().rss
 
 
+def saved_activation_bytes(model, batch: dict) -> tuple[int, torch.Tensor]:
+    """The bytes autograd keeps for backward in one forward pass (each storage once, parameters excluded), and the loss."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**batch).loss
+    return sum(kept.values()), loss
+
+
 def run_worker(args, model_name: str, variant: str, out: str) -> None:
     """One training step of `variant` on `model_name`, its peak memory and the estimate, as JSON in `out`."""
     import transformers
@@ -77,7 +97,8 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     model.train()
     with train.PeakMemory(interval_s=0.01) as memory:
         start = time.perf_counter()
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels).loss.backward()
+        kept, loss = saved_activation_bytes(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+        loss.backward()
         optimizer.step()
         seconds = time.perf_counter() - start
     estimate = cost.estimate_training_memory(
@@ -99,6 +120,7 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
         "measured_added_bytes": memory.peak_bytes - before,
         "estimate": estimate,
         "estimated_added_bytes": estimate["total"] - estimate["weights"],
+        "saved_activation_bytes": kept,
         "step_seconds": seconds,
     }
     Path(out).write_text(json.dumps(result, indent=1))
@@ -108,6 +130,9 @@ def summarize(run: dict) -> dict:
     return {
         "weights_error": run["estimate"]["weights"] / run["model_bytes"] - 1,
         "added_error": run["estimated_added_bytes"] / run["measured_added_bytes"] - 1,
+        "activations_error": run["estimate"]["activations"] / run["saved_activation_bytes"] - 1
+        if run["saved_activation_bytes"]
+        else None,
     }
 
 
@@ -119,7 +144,8 @@ def memory_section(record: dict) -> str:
         f"{device['name']} ({'process RSS' if device['type'] == 'cpu' else 'CUDA allocator peak'}), {record['created'][:10]}.** "
         "Added = peak minus the memory before the step (activations, gradients, optimizer state, allocator overhead).",
         "",
-        "| model | params | variant | weights MB: estimate / measured | added MB: estimate / measured | error of the added estimate |",
+        "| model | params | variant | weights MB: estimate / measured | added MB: estimate / measured (error) "
+        "| activations kept for backward MB: estimate / measured (error) |",
         "|---|---|---|---|---|---|",
     ]
     for run in record["runs"]:
@@ -127,7 +153,9 @@ def memory_section(record: dict) -> str:
         lines.append(
             f"| {run['model'].removesuffix('-random')} | {run['params'] / 1e6:,.0f}M | {report.VARIANT_LABELS[run['variant']]} "
             f"| {run['estimate']['weights'] / 1e6:,.0f} / {run['model_bytes'] / 1e6:,.0f} "
-            f"| {run['estimated_added_bytes'] / 1e6:,.0f} / {run['measured_added_bytes'] / 1e6:,.0f} | {e['added_error']:+.0%} |"
+            f"| {run['estimated_added_bytes'] / 1e6:,.0f} / {run['measured_added_bytes'] / 1e6:,.0f} ({e['added_error']:+.0%}) "
+            f"| {run['estimate']['activations'] / 1e6:,.0f} / {run['saved_activation_bytes'] / 1e6:,.0f} "
+            f"({'-' if e['activations_error'] is None else format(e['activations_error'], '+.0%')}) |"
         )
     lines += ["", f"Reproduce: `{record['command']}`"]
     return "\n".join(lines)

@@ -184,6 +184,11 @@ def sweep_section(cfg, runs: list[dict], plot_path: Path) -> str:
             f"{report.VARIANT_LABELS[variant]}: best final validation accuracy at lr {best['learning_rate']:g} "
             f"({best['final']:.1%}); by rate: {finals}; the profile uses {cfg.learning_rate(variant):g}."
         )
+    if any(r.get("source") == "profile run" for r in runs) and runs[0]["device"]["type"] == "cpu":
+        lines.append(
+            "The profile runs' memory is the RSS of the process that trained them one after another (the "
+            "notebook's), so it includes earlier variants' models: an upper bound. The sweep's runs each ran alone."
+        )
     half_width = 1.96 * (0.9 * 0.1 / cfg.val_size) ** 0.5
     lines += [
         f"With {cfg.val_size} validation reviews a difference under ~{half_width:.0%} is within noise (95%, at 90% accuracy).",

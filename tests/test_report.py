@@ -167,10 +167,13 @@ def test_compute_matched_table_gives_each_runs_best_accuracy_within_each_budget(
     assert report.best_within(slow, seconds=15) == 0.6
     assert report.best_within(slow, memory_bytes=3e9) == 0.6
     assert report.best_within(slow, seconds=20, memory_bytes=3e9) == 0.6
-    lines = report.compute_matched_table([fast, slow]).splitlines()
-    assert lines[0] == "| run | <= 6 s | <= 20 s | <= 1.0 GB | <= 4.0 GB |"
-    assert lines[2] == "| head | 75.0% | 75.0% | 75.0% | 75.0% |"
-    assert lines[3] == "| lora | - | 90.0% | - | 90.0% |"
+    slower = {"variant": "lora", "label": "lora", "learning_rate": 1e-3, "points": [(8.0, 0.5, 2e9), (30.0, 0.8, 5e9)]}
+    lines = report.compute_matched_table([fast, slow, slower]).splitlines()
+    assert lines[0] == (
+        "| variant | <= 6 s (head-only's time) | <= 20 s (LoRA's time) | <= 1.0 GB (head-only's memory) | <= 4.0 GB (LoRA's memory) |"
+    )
+    assert lines[2] == "| head-only | 75.0% (lr 0.001) | 75.0% (lr 0.001) | 75.0% (lr 0.001) | 75.0% (lr 0.001) |"
+    assert lines[3] == "| LoRA | - | 90.0% (lr 0.0001) | - | 90.0% (lr 0.0001) |"  # its best run in each budget
 
     fig = report.plot_validation_curves([fast, slow], baseline_accuracy=0.8, hardware="test machine")
     time_ax, mem_ax = fig.axes
