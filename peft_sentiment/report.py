@@ -529,20 +529,30 @@ def compute_matched_table(curves: list[dict]) -> str:
 
 
 def plot_validation_curves(curves: list[dict], baseline_accuracy: float | None = None, hardware: str = ""):
-    """Validation accuracy against training time and against peak memory, every run on the same axes."""
+    """Validation accuracy against training time (every pass) and against peak memory (each run's end).
+
+    One colour per variant, a shade per learning rate (darker = larger); profile runs are dashed.
+    """
     import matplotlib.pyplot as plt
 
-    fig, (time_ax, mem_ax) = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
-    for c in curves:
-        t, acc, mem = zip(*c["points"], strict=True)
-        line = time_ax.plot(t, acc, marker="o", label=c["label"])[0]
-        mem_ax.plot([m / 1e9 for m in mem], acc, marker="o", color=line.get_color(), label=c["label"])
+    colormaps = {"head_only": "Blues", "lora": "Oranges", "nf4_lora": "Greens"}
+    fig, (time_ax, mem_ax) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    for variant in dict.fromkeys(c["variant"] for c in curves):
+        runs = [c for c in curves if c["variant"] == variant]
+        shades = plt.get_cmap(colormaps.get(variant, "Greys"))(np.linspace(0.45, 0.95, len(runs)))
+        for c, colour in zip(sorted(runs, key=lambda c: c["learning_rate"]), shades, strict=True):
+            t, acc, mem = zip(*c["points"], strict=True)
+            style = "--" if "profile run" in c["label"] else "-"
+            time_ax.plot(t, acc, style, marker="o", color=colour, label=c["label"])
+            mem_ax.plot(mem[-1] / 1e9, acc[-1], marker="o", color=colour, linestyle="none")
     for ax in (time_ax, mem_ax):
         if baseline_accuracy is not None:
-            ax.axhline(baseline_accuracy, color="grey", linestyle="--", label="TF-IDF + LR (same validation)")
+            ax.axhline(
+                baseline_accuracy, color="grey", linestyle=":", label="TF-IDF + LR (same validation)" if ax is time_ax else None
+            )
     time_ax.set(xlabel="training time so far (s; validation passes excluded)", ylabel="validation accuracy")
-    mem_ax.set(xlabel="peak training memory so far (GB)")
-    time_ax.legend(fontsize=8, loc="lower right")
+    mem_ax.set(xlabel="peak training memory of the run (GB)", title="each run's final accuracy")
+    time_ax.legend(fontsize=7, loc="lower right", ncol=2)
     fig.suptitle(f"Accuracy vs training cost{', ' + hardware if hardware else ''}", fontsize=10)
     fig.tight_layout()
     return fig

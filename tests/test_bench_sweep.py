@@ -49,4 +49,5 @@ def test_sweep_records_stamped_curves_and_reports_the_best_rate(sweep, toy_imdb_
     finals = {name: [e for e in r["log_history"] if "eval_accuracy" in e][-1]["eval_accuracy"] for name, r in runs.items()}
     best_lora = "0.02" if finals["lora-lr0.02.json"] > finals["lora-lr0.0001.json"] else "0.0001"
     assert f"LoRA: best final validation accuracy at lr {best_lora} " in text
-    assert "| LoRA, lr 0.0001 |" in text and "| head-only, lr 0.1 |" in text
+    assert "| LoRA | " in text and "| head-only | " in text  # one row per variant: its best run within each budget
+    assert "by rate: 0.0001: " in text and "the profile uses 0.002." in text  # every rate's final accuracy, the profile's

@@ -178,4 +178,4 @@ def test_compute_matched_table_gives_each_runs_best_accuracy_within_each_budget(
     fig = report.plot_validation_curves([fast, slow], baseline_accuracy=0.8, hardware="test machine")
     time_ax, mem_ax = fig.axes
     assert len(time_ax.lines) == 3 and list(time_ax.lines[1].get_xdata()) == [10.0, 20.0]  # two runs, the baseline
-    assert list(mem_ax.lines[1].get_xdata()) == [3.0, 4.0]  # GB
+    assert list(mem_ax.lines[1].get_xdata()) == [4.0]  # GB: the run's peak, at its final accuracy
