@@ -79,14 +79,7 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     model_path = models.resolve_model(model_name)
     tokenizer = models.load_tokenizer(model_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = train.build_variant(
-        variant,
-        model_path,
-        tokenizer,
-        seed=cfg.seed,
-        lora_config=models.make_lora_config(cfg, model_path),
-        bnb_config=models.make_bnb_config(cfg),
-    )
+    model = train.build_configured_variant(cfg, variant, model_path, tokenizer)
     if variant != "nf4_lora":  # NF4 is placed on its device when it loads
         model.to(device)
     generator = torch.Generator().manual_seed(0)

@@ -90,14 +90,7 @@ def sweep_lora(base, variant, rates, evals, tokenized, model_path, tokenizer, re
     records = []
     for lr in rates:
         cfg = run_config(base, variant, lr, evals)
-        model = train.build_variant(
-            variant,
-            model_path,
-            tokenizer,
-            seed=cfg.seed,
-            lora_config=models.make_lora_config(cfg, model_path),
-            bnb_config=models.make_bnb_config(cfg),
-        )
+        model = train.build_configured_variant(cfg, variant, model_path, tokenizer)
         args = train.make_training_args(cfg, variant)
         trainer = train.make_trainer(model, tokenizer, args, tokenized["train"], tokenized["validation"])
         checkpoint = train.last_checkpoint(trainer) if resume else None

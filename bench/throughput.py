@@ -307,14 +307,7 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
     train_ds = tokenized["train"].select([i for b in [warmup, *timed] for i in b])
     eval_batches = epoch_batches(test_lengths, cfg.eval_batch_size, "longest_first", cfg.seed)
     eval_ds = tokenized["test"].select([i for b in stratified_batches(eval_batches, test_lengths, args.eval_batches) for i in b])
-    model = train.build_variant(
-        variant,
-        model_path,
-        tokenizer,
-        seed=cfg.seed,
-        lora_config=models.make_lora_config(cfg, model_path),
-        bnb_config=models.make_bnb_config(cfg),
-    )
+    model = train.build_configured_variant(cfg, variant, model_path, tokenizer)
     if pipeline == "baseline":
         use_stock_activation(model)
     params, shape = cost.matmul_params(model), cost.attention_shape(model)

@@ -28,7 +28,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from peft_sentiment.config import Config, check_variant, config_to_dict
 from peft_sentiment.data import strip_markup
 from peft_sentiment.metrics import accuracy_interval, classification_metrics, compute_metrics, positive_probabilities
-from peft_sentiment.models import BUILDERS, count_parameters
+from peft_sentiment.models import BUILDERS, count_parameters, make_bnb_config, make_lora_config
 from peft_sentiment.report import device_info, library_versions
 
 
@@ -100,7 +100,8 @@ class TrainClock(TrainerCallback):
     The seconds count optimizer steps only, not validation passes or checkpoint saves, so each
     validation accuracy can be plotted against what training had cost by then (report.validation_curves).
     `offset` is work paid before the first step (head-only: the frozen forward pass). On resume the
-    clock continues from the last stamp, which the checkpoint's log_history keeps.
+    clock continues from the last stamp, which the checkpoint's log_history keeps (the steps between
+    that stamp and the checkpoint go uncounted: resumed curves undercount a little).
     """
 
     def __init__(self, memory: PeakMemory, offset: float = 0.0):
@@ -389,6 +390,12 @@ def build_variant(variant: str, model_path: str, tokenizer, *, seed: int, lora_c
     return BUILDERS[check_variant(variant)](
         model_path, pad_token_id=tokenizer.pad_token_id, lora_config=lora_config, bnb_config=bnb_config
     )
+
+
+def build_configured_variant(cfg: Config, variant: str, model_path: str, tokenizer):
+    """`build_variant` with the seed and the LoRA and NF4 settings of `cfg`."""
+    lora_config, bnb_config = make_lora_config(cfg, model_path), make_bnb_config(cfg)
+    return build_variant(variant, model_path, tokenizer, seed=cfg.seed, lora_config=lora_config, bnb_config=bnb_config)
 
 
 def train_variant(cfg: Config, variant: str, model, tokenizer, splits, resume: bool = False) -> tuple:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -127,3 +128,14 @@ def bnb_config(toy_cfg):
     from peft_sentiment.models import make_bnb_config
 
     return make_bnb_config(toy_cfg)
+
+
+def load_bench(name: str):
+    """A bench/ script imported as a module (bench/ is not a package), to test its functions."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,20 +1,13 @@
 """bench/sweep.py: learning rates compared on validation, with every point stamped with its training cost."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from conftest import load_bench
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location("sweep", ROOT / "bench" / "sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("sweep")
 
 
 def test_sweep_records_stamped_curves_and_reports_the_best_rate(sweep, toy_imdb_dir, tmp_path, monkeypatch):

@@ -1,6 +1,5 @@
 """bench/throughput.py runs end to end on a tiny model and writes a record whose figures add up."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_bench
 
 from peft_sentiment import report
 
@@ -18,10 +18,7 @@ SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb"
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "bench" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("throughput")
 
 
 def test_epoch_batches_are_the_pipelines_batches(bench):
