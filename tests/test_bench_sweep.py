@@ -5,6 +5,7 @@ import json
 import pytest
 from conftest import load_bench
 
+
 @pytest.fixture(scope="module")
 def sweep():
     return load_bench("sweep")
