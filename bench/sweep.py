@@ -158,9 +158,9 @@ def sweep_section(cfg, runs: list[dict], plot_path: Path) -> str:
     lines = [
         f"**Profile `{cfg.profile}`, validation split ({cfg.val_size} reviews carved from train; the test set is not read), "
         f"{runs[0]['device']['name']} ({runs[0]['device'].get('cores', runs[0]['device'].get('count'))} "
-        f"{'cores' if runs[0]['device']['type'] == 'cpu' else 'GPUs'}).** Best validation accuracy each run reached "
-        "within a training-time budget (steps only; validation passes excluded) and within a peak-memory budget; "
-        "the budgets are the runs' own totals.",
+        f"{'cores' if runs[0]['device']['type'] == 'cpu' else 'GPUs'}).** Per variant, the best validation accuracy any "
+        "of its runs reached within a training-time budget (steps only; validation passes excluded) and within a "
+        "peak-memory budget; the budgets are each variant's own least time and memory.",
         "",
         report.compute_matched_table(curves),
         "",
