@@ -86,11 +86,7 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq_len), generator=generator).to(device)
     labels = torch.randint(0, 2, (args.batch,), generator=generator).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    # Weights loaded from safetensors may still be file-mapped pages that only count in RSS once
-    # touched; read them all now, or the step's first touch would count them as training memory.
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.float().sum() if tensor.is_floating_point() else tensor.sum()
+    train.page_in_weights(model)  # or the step's first touch of file-mapped weights counts as training memory
     before = current_bytes()
     model.train()
     with train.PeakMemory(interval_s=0.01) as memory:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import shlex
 import sys
 import time
@@ -54,9 +53,15 @@ def sweep_dir(cfg) -> Path:
     return Path(cfg.records_dir) / "sweep"
 
 
+def run_name(cfg, variant: str, lr: float) -> str:
+    """`lora-lr0.0005`, plus what `cfg` (with --set) changes from its profile: `lora-lr0.0005-lora_dropout0.0`."""
+    changed = report.recipe_differences(config_to_dict(cfg), config_to_dict(make_config(cfg.profile)), variant)
+    return "-".join([f"{variant}-lr{lr:g}", *(f"{key}{value}" for key, value in changed.items())])
+
+
 def run_config(base, variant: str, lr: float, evals: int):
     """`base` with one learning rate changed, and outputs kept apart from the profile's own."""
-    work = Path(base.work_dir) / "sweep" / f"{variant}-lr{lr:g}"
+    work = Path(base.work_dir) / "sweep" / run_name(base, variant, lr)
     return dataclasses.replace(
         base,
         **{LR_FIELD[variant]: lr},
@@ -93,12 +98,7 @@ def sweep_lora(base, variant, rates, evals, tokenized, model_path, tokenizer, re
         model = train.build_configured_variant(cfg, variant, model_path, tokenizer)
         args = train.make_training_args(cfg, variant)
         trainer = train.make_trainer(model, tokenizer, args, tokenized["train"], tokenized["validation"])
-        checkpoint = train.last_checkpoint(trainer) if resume else None
-        with train.PeakMemory() as memory:
-            trainer.add_callback(train.TrainClock(memory))
-            start = time.perf_counter()
-            output = trainer.train(resume_from_checkpoint=checkpoint)
-            seconds = time.perf_counter() - start
+        output, seconds, memory, checkpoint = train.fit(trainer, resume)
         record = sweep_record(cfg, variant, lr, trainer, output, seconds, memory, model, command)
         records.append(write(record | {"resumed_from": checkpoint}, cfg))
     return records
@@ -126,34 +126,25 @@ def sweep_head(base, rates, evals, tokenized, model_path, tokenizer, command) ->
 
 
 def write(record: dict, cfg) -> dict:
-    path = sweep_dir(cfg) / f"{record['variant']}-lr{record['learning_rate']:g}.json"
+    path = sweep_dir(cfg) / f"{run_name(cfg, record['variant'], record['learning_rate'])}.json"
     report.write_json_atomic(record, path)
     final = [e for e in record["log_history"] if "eval_accuracy" in e][-1]
     print(f"{record['variant']} lr {record['learning_rate']:g}: validation accuracy {final['eval_accuracy']:.4f} -> {path}")
     return record
 
 
-def read_runs(cfg) -> list[dict]:
-    """Sweep records and the profile's own records (one run each), in variant then learning-rate order."""
-    runs = [json.loads(p.read_text()) for p in sorted(sweep_dir(cfg).glob("*.json"))]
-    if Path(cfg.records_dir).is_dir():
-        runs += [r | {"source": "profile run"} for r in report.read_records(cfg.records_dir)]
-    order = {v: i for i, v in enumerate(VARIANTS)}
-    return sorted(runs, key=lambda r: (order[r["variant"]], r.get("learning_rate") or r["config"][LR_FIELD[r["variant"]]]))
-
-
-def best_rates(curves: list[dict]) -> dict[str, dict]:
+def best_settings(curves: list[dict]) -> dict[str, dict]:
     """Per variant, the run whose last validation pass scored best (ties: the first, the smaller rate)."""
     best = {}
     for c in curves:
         final = c["points"][-1][1]
         if c["variant"] not in best or final > best[c["variant"]]["final"]:
-            best[c["variant"]] = {"learning_rate": c["learning_rate"], "final": final}
+            best[c["variant"]] = {"setting": c["setting"], "final": final}
     return best
 
 
 def sweep_section(cfg, runs: list[dict], plot_path: Path) -> str:
-    curves = report.validation_curves(runs)
+    curves = report.validation_curves(runs, reference=config_to_dict(cfg))
     baseline = next(iter(report.read_baselines(cfg.records_dir)), None)
     lines = [
         f"**Profile `{cfg.profile}`, validation split ({cfg.val_size} reviews carved from train; the test set is not read), "
@@ -167,15 +158,15 @@ def sweep_section(cfg, runs: list[dict], plot_path: Path) -> str:
     ]
     if baseline:
         lines.append(f"TF-IDF + LR on the same validation reviews: {max(baseline['validation_accuracy_by_C'].values()):.1%}.")
-    for variant, best in best_rates(curves).items():
-        finals = ", ".join(
-            f"{c['learning_rate']:g}{' (profile run)' if 'profile run' in c['label'] else ''}: {c['points'][-1][1]:.1%}"
+    for variant, best in best_settings(curves).items():
+        finals = "; ".join(
+            f"{c['setting']}{' (profile run)' if 'profile run' in c['label'] else ''}: {c['points'][-1][1]:.1%}"
             for c in curves
             if c["variant"] == variant
         )
         lines.append(
-            f"{report.VARIANT_LABELS[variant]}: best final validation accuracy at lr {best['learning_rate']:g} "
-            f"({best['final']:.1%}); by rate: {finals}; the profile uses {cfg.learning_rate(variant):g}."
+            f"{report.VARIANT_LABELS[variant]}: best final validation accuracy with {best['setting']} "
+            f"({best['final']:.1%}); by run: {finals}; the profile uses lr {cfg.learning_rate(variant):g}."
         )
     if any(r.get("source") == "profile run" for r in runs) and runs[0]["device"]["type"] == "cpu":
         lines.append(
@@ -199,10 +190,10 @@ def main(argv=None) -> int:
     command = "python " + shlex.join(["bench/sweep.py", *argv])
     cfg = make_config(args.profile, **parse_overrides(args.set))
     if args.report:
-        runs = read_runs(cfg)
+        runs = report.read_validation_runs(cfg.records_dir)
         if not runs:
             raise SystemExit(f"No records in {cfg.records_dir} or {sweep_dir(cfg)}: run a sweep first (see --help).")
-        curves = report.validation_curves(runs)
+        curves = report.validation_curves(runs, reference=config_to_dict(cfg))
         baseline = next(iter(report.read_baselines(cfg.records_dir)), None)
         base_acc = max(baseline["validation_accuracy_by_C"].values()) if baseline else None
         plot_path = sweep_dir(cfg) / "curves.png"

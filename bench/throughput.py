@@ -24,11 +24,15 @@ Both pipelines run the very same reviews in the same batches (the baseline's cos
 not depend on which reviews it holds: all are padded to 512). Each (variant, pipeline) runs in its
 own process, so its peak memory is its own.
 The baseline also keeps transformers' stock GPT-2 activation ("gelu_new", eight elementwise ops)
-where the project loads the same function fused (models.FUSED_ACTIVATIONS). The project's LoRA run
-then times its steps again on the same batches, once with the stock activation (what the fusion
-alone buys) and once with the frozen model's dropout off (GPT-2 draws dropout masks on every
-activation, attention probabilities included: what that recipe choice costs; not the default).
+where the project loads the same function fused (models.FUSED_ACTIVATIONS).
 MFU = model FLOPs on real tokens (peft_sentiment.cost) / time / the n x n matmul peak measured here.
+
+    python bench/throughput.py --ablations   # ~4 min: writes results/throughput/<device>-ablations.json
+
+runs the project's LoRA alone and times its training steps twice more on the same batches: with the
+stock activation (what the fusion alone buys), then also with the frozen model's dropout off (GPT-2
+draws dropout masks on every activation, attention probabilities included: what that recipe choice
+costs; not the default). Kept out of the main run, which must stay under 20 minutes here.
 """
 
 from __future__ import annotations
@@ -73,6 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="record path (default: results/throughput/<cpu|cuda>.json)")
     parser.add_argument("--readme", help="also regenerate this README's throughput block from the record")
     parser.add_argument("--skip-tokenization", action="store_true", help="do not time tokenizing all 50,000 reviews")
+    parser.add_argument(
+        "--ablations", action="store_true", help="instead: the project's LoRA with the stock GELU and without dropout (see above)"
+    )
     parser.add_argument("--worker", nargs=3, metavar=("VARIANT", "PIPELINE", "OUT"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -152,8 +159,7 @@ def epoch_batches(lengths: list[int], batch_size: int, order: str, seed: int) ->
     if order == "grouped":
         indices = get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
     else:
-        indices = np.argsort(np.asarray(lengths), kind="stable")
-        indices = indices[::-1] if order == "longest_first" else indices
+        indices = train.length_order(lengths, longest_first=order == "longest_first")
     batches = [[int(i) for i in indices[j : j + batch_size]] for j in range(0, len(indices), batch_size)]
     return [b for b in batches if len(b) == batch_size]  # a short last batch is not typical
 
@@ -312,6 +318,7 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
         use_stock_activation(model)
     params, shape = cost.matmul_params(model), cost.attention_shape(model)
     recompute = variant == "nf4_lora"  # gradient checkpointing
+    train.page_in_weights(model)  # so that "memory before training" holds the whole model
     result = {
         "variant": variant,
         "pipeline": pipeline,
@@ -345,7 +352,7 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
         }
         if pipeline == "project":
             result["train_profile"] = profile_step(model, tokenizer, tokenized["train"], timed[len(timed) // 2])
-        if pipeline == "project" and variant == "lora":  # the same timed batches again, the model already warm
+        if args.ablations and pipeline == "project" and variant == "lora":  # the same timed batches, the model warm
             timed_ds = tokenized["train"].select([i for b in timed for i in b])
             for change, key in ((use_stock_activation, "stock_activation"), (disable_backbone_dropout, "no_backbone_dropout")):
                 if change(model):  # cumulative: the second runs with the stock activation too, so compare it with the first
@@ -437,24 +444,24 @@ def run_all(args, argv) -> dict:
         "matmul_peak_flops": peak,
         "runs": [],
     }
-    if not args.skip_tokenization:
+    if not (args.skip_tokenization or args.ablations):
         record["tokenization"] = time_tokenization(args.data_dir, args.model, args.max_length)
         print(f"tokenization: {json.dumps(record['tokenization'])}", flush=True)
     worker_argv = [a for a in argv if a != "--skip-tokenization"]
-    for variant in args.variants:
-        for pipeline in PIPELINES:
-            with tempfile.NamedTemporaryFile(suffix=".json") as out:
-                start = time.perf_counter()
-                cmd = [sys.executable, __file__, *worker_argv, "--worker", variant, pipeline, out.name]
-                subprocess.run(cmd, check=True)
-                run = json.loads(Path(out.name).read_text())
-            run["wall_seconds"] = time.perf_counter() - start
-            record["runs"].append(run)
-            print(
-                f"{variant} {pipeline}: train {run['train']['real_tokens_per_s']:.0f} real tok/s, eval {run['eval']['real_tokens_per_s']:.0f}",
-                flush=True,
-            )
-    record["summary"] = summarize(record)
+    pairs = [("lora", "project")] if args.ablations else [(v, p) for v in args.variants for p in PIPELINES]
+    for variant, pipeline in pairs:
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            start = time.perf_counter()
+            cmd = [sys.executable, __file__, *worker_argv, "--worker", variant, pipeline, out.name]
+            subprocess.run(cmd, check=True)
+            run = json.loads(Path(out.name).read_text())
+        run["wall_seconds"] = time.perf_counter() - start
+        record["runs"].append(run)
+        print(
+            f"{variant} {pipeline}: train {run['train']['real_tokens_per_s']:.0f} real tok/s, eval {run['eval']['real_tokens_per_s']:.0f}",
+            flush=True,
+        )
+    record["summary"] = summarize_ablations(record) if args.ablations else summarize(record)
     record["matmul_peak_flops_after"] = cost.measure_matmul_peak()  # the machine did not change speed meanwhile
     return record
 
@@ -493,14 +500,6 @@ def summarize(record: dict) -> dict:
             }
             if train_tokens:  # head-only on cached features: the one frozen pass (its epochs then cost ~nothing)
                 row[name]["full_imdb_epoch_hours"] = train_tokens / run["train"]["real_tokens_per_s"] / 3600
-        if "train_stock_activation" in proj:  # what the fused activation buys: fused over stock, same batches
-            row["fused_activation_speedup"] = (
-                proj["train"]["real_tokens_per_s"] / proj["train_stock_activation"]["real_tokens_per_s"]
-            )
-            if "train_no_backbone_dropout" in proj:  # both with the stock activation
-                row["backbone_dropout_off_speedup"] = (
-                    proj["train_no_backbone_dropout"]["real_tokens_per_s"] / proj["train_stock_activation"]["real_tokens_per_s"]
-                )
         if variant == "head_only":
             epochs = proj["train"]["head_epochs"]
             row[f"train_ratio_over_{epochs}_epochs"] = (
@@ -511,6 +510,32 @@ def summarize(record: dict) -> dict:
     if fp32 and "nf4_lora" in summary:
         summary["nf4_bytes_vs_fp32"] = summary["nf4_lora"]["model_bytes"] / fp32
     return summary
+
+
+def summarize_ablations(record: dict) -> dict:
+    """What the fused activation buys (fused over stock) and what dropout costs (both stock), same batches."""
+    (run,) = record["runs"]
+    rate = {
+        key: run[key]["real_tokens_per_s"]
+        for key in ("train", "train_stock_activation", "train_no_backbone_dropout")
+        if key in run
+    }
+    row = {}
+    if "train_stock_activation" in rate:
+        row["fused_activation_speedup"] = rate["train"] / rate["train_stock_activation"]
+        if "train_no_backbone_dropout" in rate:
+            row["backbone_dropout_off_speedup"] = rate["train_no_backbone_dropout"] / rate["train_stock_activation"]
+    return {run["variant"]: row}
+
+
+def readme_section(out: Path) -> str:
+    """The README block from the main record beside `out` and, when there is one, its ablations record."""
+    stem = out.stem.removesuffix("-ablations")
+    main_path, ablations_path = out.with_name(f"{stem}.json"), out.with_name(f"{stem}-ablations.json")
+    if not main_path.is_file():
+        raise SystemExit(f"No {main_path}: run the main benchmark (without --ablations) before writing the README block.")
+    ablations = json.loads(ablations_path.read_text()) if ablations_path.is_file() else None
+    return report.throughput_section(json.loads(main_path.read_text()), ablations)
 
 
 def plot(record: dict):
@@ -554,13 +579,14 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     record = run_all(args, argv)
     record["total_seconds"] = time.perf_counter() - started
-    out = Path(args.out or f"results/throughput/{record['device']['type']}.json")
+    out = Path(args.out or f"results/throughput/{record['device']['type']}{'-ablations' if args.ablations else ''}.json")
     report.write_json_atomic(record, out)
-    plot(record).savefig(out.with_suffix(".png"), dpi=120)
-    print(report.throughput_section(record))
+    if not args.ablations:
+        plot(record).savefig(out.with_suffix(".png"), dpi=120)
+    print(json.dumps(record["summary"], indent=1) if args.ablations else report.throughput_section(record))
     if args.readme:
-        report.replace_block(args.readme, "throughput", report.throughput_section(record))
-    print(f"wrote {out} and {out.with_suffix('.png')} in {record['total_seconds'] / 60:.1f} min")
+        report.replace_block(args.readme, "throughput", readme_section(out))
+    print(f"wrote {out} in {record['total_seconds'] / 60:.1f} min")
     return 0
 
 

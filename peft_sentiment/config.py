@@ -117,14 +117,16 @@ PROFILES: dict[str, Config] = {
         lr_head_only=1e-3,
         head_on_cached_features=True,
         head_epochs=20,  # cached: 20 epochs of a 576x2 head cost under a second
-        lr_lora=5e-4,  # short run (125 steps): the upper end of the usual LoRA range; not swept (no CPU time)
+        lr_lora=5e-4,  # short run (125 steps): the upper end of the usual range; bench/sweep: 2e-4 and 1e-3 no better
         weight_decay=0.0,
         evals_per_run=1,  # one LoRA validation pass of 200 reviews took 121 s here
         checkpoint_every=0.25,
         warmup_ratio=0.05,
         lora_r=8,
         lora_alpha=16,
-        lora_dropout=0.05,
+        # Off: drawing LoRA's dropout masks (7 per layer) was 20% of a training step on this CPU
+        # (torch.profiler), and without it validation accuracy held (bench/sweep, README).
+        lora_dropout=0.0,
         lora_targets=None,  # Llama: q, k, v, o, gate, up, down projections
         nf4_compute_dtype="float32",  # this CPU has no fast bf16: NF4 with bf16 compute ran at half the speed
         adapter_dir_f32="saved_f32_lora",

@@ -418,8 +418,11 @@ def replace_block(readme: str, name: str, body: str) -> str:
     return new
 
 
-def throughput_section(record: dict) -> str:
-    """Markdown: the throughput benchmark's record as a table (both pipelines, their ratio) with its command."""
+def throughput_section(record: dict, ablations: dict | None = None) -> str:
+    """Markdown: the throughput benchmark's record as a table (both pipelines, their ratio) with its command.
+
+    `ablations`, a record of `bench/throughput.py --ablations`, adds what two recipe choices cost.
+    """
     s = record["settings"]
     device = record["device"]
     where = f"{device['name']} ({device.get('cores', device.get('count'))} {'cores' if device['type'] == 'cpu' else 'GPUs'})"
@@ -456,7 +459,7 @@ def throughput_section(record: dict) -> str:
         ("backbone_dropout_off_speedup", "The frozen model's dropout off (same batches, stock GELU in both); not the default, "
          "its accuracy effect is unmeasured here (no pretrained GPT-2)"),
     ):  # fmt: skip
-        speedups = {v: row[key] for v, row in summary.items() if key in row}
+        speedups = {v: row[key] for v, row in (ablations or {}).get("summary", {}).items() if key in row}
         if speedups:
             notes.append(f"{what}: " + ", ".join(f"{VARIANT_LABELS.get(v, v)} x{x:.2f}" for v, x in speedups.items()) + ".")
     if "nf4_bytes_vs_fp32" in record["summary"]:
@@ -467,16 +470,53 @@ def throughput_section(record: dict) -> str:
             f"Tokenizing all {tok['reviews']:,} reviews: {tok['cold_seconds']:.0f} s ({tok['cold_reviews_per_s']:,.0f} reviews/s); "
             f"a re-run finds the datasets cache: {tok['cached_seconds']:.1f} s."
         )
-    lines += ["", *notes, "", f"Reproduce: `{record['command']}`"]
+    reproduce = f"Reproduce: `{record['command']}`" + (
+        f", then `{ablations['command']}` ({ablations['created'][:10]})" if ablations else ""
+    )
+    lines += ["", *notes, "", reproduce]
     return "\n".join(lines)
 
 
-def validation_curves(records: list[dict]) -> list[dict]:
+# Config fields that do not change what a run learns (where it writes, how often it validates), or
+# that a run's label names anyway (the learning rate).
+NOT_RECIPE = {"profile", "data_dir", "work_dir", "records_dir", "adapter_dir_f32", "adapter_dir_nf4", "evals_per_run",
+              "checkpoint_every", "lr_head_only", "lr_lora"}  # fmt: skip
+
+
+def recipe_differences(config: dict, reference: dict, variant: str) -> dict:
+    """The settings in which `config` trains `variant` differently from `reference` (a profile's config)."""
+    unused = ("lora_", "nf4_") if variant == "head_only" else ("head_",)  # settings the variant never reads
+    return {
+        key: value
+        for key, value in config.items()
+        if key in reference and value != reference[key] and key not in NOT_RECIPE and not key.startswith(unused)
+    }
+
+
+def learning_rate_of(record: dict) -> float:
+    """The learning rate a record's run trained with (sweep records name it; profile runs have it in their config)."""
+    return record.get("learning_rate") or record["config"]["lr_head_only" if record["variant"] == "head_only" else "lr_lora"]
+
+
+def read_validation_runs(records_dir: str) -> list[dict]:
+    """The runs with validation passes: `bench/sweep.py`'s (in `records_dir`/sweep) and the profile's own.
+
+    In variant, then learning-rate order; the profile's records are marked `source: profile run`.
+    """
+    runs = [json.loads(p.read_text()) for p in sorted((Path(records_dir) / "sweep").glob("*.json"))]
+    if Path(records_dir).is_dir():
+        runs += [r | {"source": "profile run"} for r in read_records(records_dir)]
+    order = list(VARIANT_LABELS)
+    return sorted(runs, key=lambda r: (order.index(r["variant"]), learning_rate_of(r)))
+
+
+def validation_curves(records: list[dict], reference: dict | None = None) -> list[dict]:
     """Per training run: validation accuracy against training seconds and peak memory so far.
 
     Points come from the `log_history` stamps that train.TrainClock adds (training steps only, not
     validation passes). Records from before it have one point: the run's end, with its training time
-    minus its validation passes (checkpoint saves stay in: slightly late).
+    minus its validation passes (checkpoint saves stay in: slightly late). Each run's `setting` is its
+    learning rate plus, given the profile's config as `reference`, whatever else it changed.
     """
     curves = []
     for r in records:
@@ -488,10 +528,11 @@ def validation_curves(records: list[dict]) -> list[dict]:
         else:
             seconds = r["train_seconds"] - sum(e.get("eval_runtime", 0.0) for e in evals)
             points = [(seconds, evals[-1]["eval_accuracy"], r["peak_memory_bytes"]["train"])]
-        label = VARIANT_LABELS.get(r["variant"], r["variant"])
-        lr = r.get("learning_rate") or r["config"]["lr_head_only" if r["variant"] == "head_only" else "lr_lora"]
-        label += f", lr {lr:g}" + (f" ({r['source']})" if r.get("source") else "")
-        curves.append({"variant": r["variant"], "label": label, "learning_rate": lr, "points": points})
+        lr = learning_rate_of(r)
+        changed = recipe_differences(r["config"], reference, r["variant"]) if reference else {}
+        setting = ", ".join([f"lr {lr:g}", *(f"{key} {value}" for key, value in changed.items())])
+        label = f"{VARIANT_LABELS.get(r['variant'], r['variant'])}, {setting}" + (f" ({r['source']})" if r.get("source") else "")
+        curves.append({"variant": r["variant"], "label": label, "learning_rate": lr, "setting": setting, "points": points})
     return curves
 
 
@@ -520,10 +561,10 @@ def compute_matched_table(curves: list[dict]) -> str:
     for v in variants:
         cells = []
         for budget in [{"seconds": times[w]} for w in variants] + [{"memory_bytes": memories[w]} for w in variants]:
-            reached = [(best_within(c, **budget), c["learning_rate"]) for c in curves if c["variant"] == v]
-            reached = [(acc, lr) for acc, lr in reached if acc is not None]
-            acc, lr = max(reached, key=lambda x: x[0]) if reached else (None, None)
-            cells.append("-" if acc is None else f"{acc:.1%} (lr {lr:g})")
+            reached = [(best_within(c, **budget), c["setting"]) for c in curves if c["variant"] == v]
+            reached = [(acc, setting) for acc, setting in reached if acc is not None]
+            acc, setting = max(reached, key=lambda x: x[0]) if reached else (None, None)
+            cells.append("-" if acc is None else f"{acc:.1%} ({setting})")
         lines.append(f"| {VARIANT_LABELS.get(v, v)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

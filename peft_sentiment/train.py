@@ -94,6 +94,17 @@ class PeakMemory:
         return False
 
 
+def page_in_weights(model) -> None:
+    """Read every weight once, so that a memory measurement taken next counts them as already loaded.
+
+    Weights loaded from safetensors may still be file-mapped pages that enter the process RSS only
+    when first touched (+495 MB for GPT-2 124M): unread, a training step would count them as its own memory.
+    """
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.float().sum() if tensor.is_floating_point() else tensor.sum()
+
+
 class TrainClock(TrainerCallback):
     """Stamps every validation result in `log_history` with the training seconds and peak memory so far.
 
@@ -169,9 +180,20 @@ def make_training_args(cfg: Config, variant: str, **overrides) -> TrainingArgume
     return TrainingArguments(**settings)
 
 
+def length_order(lengths, longest_first: bool = False) -> np.ndarray:
+    """Indices that sort reviews by length (ties in index order; longest-first is that order reversed).
+
+    Batches cut from this order pad each review to a near-equal length: the package's evaluation
+    runs longest-first (the largest batch first: an out-of-memory error comes at once), its frozen
+    pass shortest-first.
+    """
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return order[::-1] if longest_first else order
+
+
 def predict_in_order(trainer: Trainer, ds) -> tuple:
     """`trainer.predict` on `ds`, run longest-first (least padding), with P(pos) per review in `ds` order."""
-    order = np.argsort(np.asarray(ds["length"]), kind="stable")[::-1]
+    order = length_order(ds["length"], longest_first=True)
     # Length-grouped evaluation would shuffle batches; after training, order is ours to choose.
     trainer.args.train_sampling_strategy = "sequential"
     prediction = trainer.predict(ds.select(order), metric_key_prefix="test")
@@ -201,16 +223,25 @@ def last_checkpoint(trainer: Trainer) -> str | None:
     return get_last_checkpoint(str(folder)) if folder.is_dir() else None
 
 
+def fit(trainer: Trainer, resume: bool = False) -> tuple:
+    """`trainer.train()` (from the last checkpoint when `resume`), its validation passes stamped by TrainClock.
+
+    Returns (train output, wall seconds, PeakMemory, the checkpoint resumed from or None).
+    """
+    checkpoint = last_checkpoint(trainer) if resume else None
+    with PeakMemory() as memory:
+        trainer.add_callback(TrainClock(memory))
+        start = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=checkpoint)
+        seconds = time.perf_counter() - start
+    trainer.pop_callback(TrainClock)
+    return output, seconds, memory, checkpoint
+
+
 def train_and_evaluate(trainer: Trainer, test_ds, resume: bool = False) -> dict:
     """Train (from the last checkpoint when `resume`), then evaluate on `test_ds`; timings, tokens, memory."""
-    checkpoint = last_checkpoint(trainer) if resume else None
     counter = TokenCounter(trainer.model)
-    with PeakMemory() as train_memory:
-        trainer.add_callback(TrainClock(train_memory))
-        start = time.perf_counter()
-        train_output = trainer.train(resume_from_checkpoint=checkpoint)
-        train_seconds = time.perf_counter() - start
-    trainer.pop_callback(TrainClock)
+    train_output, train_seconds, train_memory, checkpoint = fit(trainer, resume)
     # Validation passes inside train() cost time too; they are reported, and excluded from train tokens.
     train_tokens, val_tokens = counter.tokens["train"], counter.tokens["eval"]
     counter.reset()
@@ -254,7 +285,7 @@ def extract_features(model, dataset, tokenizer, batch_size: int) -> tuple[torch.
     collator = DataCollatorWithPadding(tokenizer)
     backbone = model.base_model  # GPT2Model / LlamaModel: everything below the head
     device = next(model.parameters()).device
-    order = sorted(range(len(dataset)), key=lambda i: dataset[i]["length"])
+    order = length_order(dataset["length"]).tolist()
     columns = dataset.select_columns(["input_ids", "attention_mask"])
     features = torch.empty(len(dataset), model.score.in_features)
     tokens = {"real": 0, "padded": 0}

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 from conftest import load_bench
 
-from peft_sentiment import report
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb"
 
@@ -54,9 +52,10 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
         pytest.skip("needs IMDB parquet files: set IMDB_DATA_DIR")
     out = tmp_path / "cpu.json"
     cmd = [sys.executable, "bench/throughput.py", "--model", "tiny-gpt2", "--data-dir", data_dir, "--max-length", "128"]
-    cmd += ["--steps", "1", "--eval-batches", "1", "--train-pool", "200", "--eval-pool", "100", "--skip-tokenization"]
-    cmd += ["--variants", "head_only", "lora", "--out", str(out)]
-    subprocess.run(cmd, cwd=ROOT, check=True, timeout=600, env={**os.environ, "PEFT_SENTIMENT_CACHE": str(model_cache)})
+    cmd += ["--steps", "1", "--eval-batches", "1", "--train-pool", "200", "--eval-pool", "100"]
+    env = {**os.environ, "PEFT_SENTIMENT_CACHE": str(model_cache)}
+    run = [*cmd, "--skip-tokenization", "--variants", "head_only", "lora", "--out", str(out)]
+    subprocess.run(run, cwd=ROOT, check=True, timeout=600, env=env)
 
     record = json.loads(out.read_text())
     assert out.with_suffix(".png").is_file()
@@ -80,16 +79,30 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
     )
     assert 0 < lora["project"]["train_mfu"] < 1
     project_lora = next(r for r in record["runs"] if r["pipeline"] == "project" and r["variant"] == "lora")
-    assert project_lora["train_profile"]
-    # tiny-gpt2 has GPT-2's activation and dropouts: the same timed batches run with the stock GELU, then without dropout
-    for key in ("train_stock_activation", "train_no_backbone_dropout"):
-        assert project_lora[key]["real_tokens"] == project_lora["train"]["real_tokens"]
-    assert lora["fused_activation_speedup"] > 0 and lora["backbone_dropout_off_speedup"] > 0
+    assert project_lora["train_profile"] and "train_stock_activation" not in project_lora  # ablations: their own run
 
+    # tiny-gpt2 has GPT-2's activation and dropouts: the same timed batches run with the stock GELU, then without dropout
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- throughput:start -->\nold\n<!-- throughput:end -->\nrest\n")
-    report.replace_block(readme, "throughput", report.throughput_section(record))
-    text = readme.read_text()
+    subprocess.run(
+        [*cmd, "--ablations", "--readme", str(readme), "--out", str(tmp_path / "cpu-ablations.json")],
+        cwd=ROOT,
+        check=True,
+        timeout=600,
+        env=env,
+    )
+    ablations = json.loads((tmp_path / "cpu-ablations.json").read_text())
+    (run,) = ablations["runs"]
+    assert (run["variant"], run["pipeline"]) == ("lora", "project") and "tokenization" not in ablations
+    for key in ("train_stock_activation", "train_no_backbone_dropout"):
+        assert run[key]["real_tokens"] == run["train"]["real_tokens"]
+    speedups = ablations["summary"]["lora"]
+    assert speedups["fused_activation_speedup"] == pytest.approx(
+        run["train"]["real_tokens_per_s"] / run["train_stock_activation"]["real_tokens_per_s"]
+    )
+    assert speedups["backbone_dropout_off_speedup"] > 0
+
+    text = readme.read_text()  # the block is drawn from both records
     assert "old" not in text and text.startswith("intro") and text.endswith("rest\n")
-    assert f"**x{lora['train_ratio']:.2f}**" in text and record["command"] in text
-    assert f"x{lora['fused_activation_speedup']:.2f}" in text and f"x{lora['backbone_dropout_off_speedup']:.2f}" in text
+    assert f"**x{lora['train_ratio']:.2f}**" in text and record["command"] in text and ablations["command"] in text
+    assert f"x{speedups['fused_activation_speedup']:.2f}" in text and f"x{speedups['backbone_dropout_off_speedup']:.2f}" in text

@@ -160,14 +160,28 @@ def test_validation_curves_use_the_stamps_else_the_run_end_without_validation_ti
     assert curves[1]["points"] == [(70.0, 0.85, 1e9)]
 
 
+def test_curves_name_what_a_run_changed_from_the_profile():
+    profile = {"lr_lora": 5e-4, "lora_dropout": 0.0, "head_epochs": 20, "work_dir": "runs/cpu", "evals_per_run": 1}
+    lora = stamped_run("lora", 5e-4, [(10.0, 0.9, 1e9)]) | {"config": profile | {"lora_dropout": 0.05, "evals_per_run": 4}}
+    head = stamped_run("head_only", 1e-3, [(5.0, 0.8, 1e9)]) | {"config": profile | {"lora_dropout": 0.05, "work_dir": "x"}}
+    assert report.recipe_differences(lora["config"], profile, "lora") == {"lora_dropout": 0.05}
+    assert report.recipe_differences(head["config"], profile, "head_only") == {}  # head-only has no LoRA dropout
+    curves = report.validation_curves([lora, head], reference=profile)
+    assert [c["setting"] for c in curves] == ["lr 0.0005, lora_dropout 0.05", "lr 0.001"]
+    assert curves[0]["label"] == "LoRA, lr 0.0005, lora_dropout 0.05"
+
+
 def test_compute_matched_table_gives_each_runs_best_accuracy_within_each_budget():
-    fast = {"variant": "head_only", "label": "head", "learning_rate": 1e-3, "points": [(5.0, 0.7, 1e9), (6.0, 0.75, 1e9)]}
-    slow = {"variant": "lora", "label": "lora", "learning_rate": 1e-4, "points": [(10.0, 0.6, 3e9), (20.0, 0.9, 4e9)]}
+    fast = {"variant": "head_only", "label": "head", "learning_rate": 1e-3, "setting": "lr 0.001",
+            "points": [(5.0, 0.7, 1e9), (6.0, 0.75, 1e9)]}  # fmt: skip
+    slow = {"variant": "lora", "label": "lora", "learning_rate": 1e-4, "setting": "lr 0.0001",
+            "points": [(10.0, 0.6, 3e9), (20.0, 0.9, 4e9)]}  # fmt: skip
     assert report.best_within(slow, seconds=6) is None
     assert report.best_within(slow, seconds=15) == 0.6
     assert report.best_within(slow, memory_bytes=3e9) == 0.6
     assert report.best_within(slow, seconds=20, memory_bytes=3e9) == 0.6
-    slower = {"variant": "lora", "label": "lora", "learning_rate": 1e-3, "points": [(8.0, 0.5, 2e9), (30.0, 0.8, 5e9)]}
+    slower = {"variant": "lora", "label": "lora", "learning_rate": 1e-3, "setting": "lr 0.001, lora_r 4",
+              "points": [(8.0, 0.5, 2e9), (30.0, 0.8, 5e9)]}  # fmt: skip
     lines = report.compute_matched_table([fast, slow, slower]).splitlines()
     assert lines[0] == (
         "| variant | <= 6 s (head-only's time) | <= 20 s (LoRA's time) | <= 1.0 GB (head-only's memory) | <= 4.0 GB (LoRA's memory) |"

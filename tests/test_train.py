@@ -142,3 +142,19 @@ def test_recorded_predictions_are_in_test_order(toy_cfg, tiny_model_path, tokeni
     labels = [int(p > 0.5) for p in record["predictions"]]
     hits = sum(a == b for a, b in zip(labels, toy_splits["test"]["label"], strict=True))
     assert hits / len(labels) == pytest.approx(record["metrics"]["accuracy"])
+
+
+def test_page_in_weights_leaves_nothing_for_a_step_to_page_in(tmp_path):
+    """Safetensors weights may be file-mapped: once paged in, reading them again adds no memory."""
+    import psutil
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    GPT2ForSequenceClassification(GPT2Config(n_layer=2, vocab_size=50000, n_embd=768)).save_pretrained(tmp_path)
+    model = GPT2ForSequenceClassification.from_pretrained(tmp_path)  # ~210 MB of weights
+    train.page_in_weights(model)
+    rss = psutil.Process().memory_info().rss
+    for p in model.parameters():  # what a training step's first forward would touch
+        p.detach().sum()
+    assert psutil.Process().memory_info().rss - rss < 0.05 * model.get_memory_footprint()
+    reloaded = dict(GPT2ForSequenceClassification.from_pretrained(tmp_path).named_parameters())
+    assert all(torch.equal(reloaded[name], p) for name, p in model.named_parameters())  # read, not changed
