@@ -101,7 +101,7 @@ PROFILES: dict[str, Config] = {
     ),
     # Real accuracy offline on 2 CPU cores: a pretrained LM of GPT-2's size (SmolLM2-135M, installed
     # from PyPI) on real IMDB reviews. Sized so that bench/accuracy (three variants and the TF-IDF
-    # baseline) targets 100 minutes here; measured: LoRA trained at 126 tokens/s (results/cpu/lora.json).
+    # baseline) targets 100 minutes here; measured: the notebook's run of it took 88.8 min (results/cpu/).
     "cpu": Config(
         profile="cpu",
         model_name="smollm2-135m",
