@@ -217,10 +217,28 @@ def make_trainer(model, tokenizer, args: TrainingArguments, train_ds, eval_ds) -
     )
 
 
+CHECKPOINT_PARTS = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin", "pytorch_model.bin")
+
+
 def last_checkpoint(trainer: Trainer) -> str | None:
-    """The newest checkpoint in the trainer's output folder, or None."""
+    """The newest *complete* checkpoint in the trainer's output folder, or None.
+
+    A run killed while saving leaves a checkpoint folder with some files missing; resuming from it
+    fails, so such a folder is passed over for the one before it.
+    """
     folder = Path(trainer.args.output_dir)
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if not folder.is_dir() or get_last_checkpoint(str(folder)) is None:
+        return None
+    candidates = sorted(
+        folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1
+    )
+    for checkpoint in reversed(candidates):
+        if all((checkpoint / part).is_file() for part in CHECKPOINT_PARTS) and any(
+            (checkpoint / w).is_file() for w in WEIGHT_FILES
+        ):
+            return str(checkpoint)
+    return None
 
 
 def fit(trainer: Trainer, resume: bool = False) -> tuple:

@@ -158,3 +158,17 @@ def test_page_in_weights_leaves_nothing_for_a_step_to_page_in(tmp_path):
     assert psutil.Process().memory_info().rss - rss < 0.05 * model.get_memory_footprint()
     reloaded = dict(GPT2ForSequenceClassification.from_pretrained(tmp_path).named_parameters())
     assert all(torch.equal(reloaded[name], p) for name, p in model.named_parameters())  # read, not changed
+
+
+def test_last_checkpoint_passes_over_one_cut_short_by_a_crash(tmp_path):
+    import types
+
+    for step, parts in ((6, ("trainer_state.json", "optimizer.pt", "scheduler.pt", "adapter_model.safetensors")),
+                        (12, ("trainer_state.json",))):  # fmt: skip
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for part in parts:
+            (folder / part).write_text("x")
+    trainer = types.SimpleNamespace(args=types.SimpleNamespace(output_dir=str(tmp_path)))
+    assert train.last_checkpoint(trainer) == str(tmp_path / "checkpoint-6")
+    assert train.last_checkpoint(types.SimpleNamespace(args=types.SimpleNamespace(output_dir=str(tmp_path / "none")))) is None
