@@ -23,7 +23,6 @@ from transformers import (
     set_seed,
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.trainer_utils import get_last_checkpoint
 
 from peft_sentiment.config import Config, check_variant, config_to_dict
 from peft_sentiment.data import strip_markup
@@ -228,8 +227,18 @@ def last_checkpoint(trainer: Trainer) -> str | None:
     fails, so such a folder is passed over for the one before it.
     """
     folder = Path(trainer.args.output_dir)
-    if not folder.is_dir() or get_last_checkpoint(str(folder)) is None:
-        return None
+    steps = {
+        int(p.name.removeprefix("checkpoint-")): p
+        for p in folder.glob("checkpoint-*")
+        if p.name.removeprefix("checkpoint-").isdigit()
+    }
+    for step in sorted(steps, reverse=True):
+        checkpoint = steps[step]
+        if all((checkpoint / part).is_file() for part in CHECKPOINT_PARTS) and any(
+            (checkpoint / w).is_file() for w in WEIGHT_FILES
+        ):
+            return str(checkpoint)
+    return None
     candidates = sorted(
         folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1
     )
