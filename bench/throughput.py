@@ -21,8 +21,10 @@ for the whole epoch: the batches are split by padded length into that many equal
 from each the batch nearest the stratum's mean length is taken. IMDB lengths vary tenfold, so k
 random batches would make the ratio a lottery; stratified, the k batches' cost tracks the epoch's.
 Both pipelines run the very same reviews in the same batches (the baseline's cost per batch does
-not depend on which reviews it holds: all are padded to 512). Each (variant, pipeline) runs in its
-own process, so its peak memory is its own.
+not depend on which reviews it holds: all are padded to 512). Each (variant, pipeline) trains in its
+own process, so its peak memory is its own. Evaluation is timed in the project's process, the two
+pipelines alternating batch by batch (`measure_eval_paired`): this machine's speed drifts too much
+over minutes for two processes' rates to be compared.
 The baseline also keeps transformers' stock GPT-2 activation ("gelu_new", eight elementwise ops)
 where the project loads the same function fused (models.FUSED_ACTIVATIONS).
 MFU = model FLOPs on real tokens (peft_sentiment.cost) / time / the n x n matmul peak measured here.
@@ -45,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -229,33 +232,52 @@ def measure_trainer_steps(cfg, variant, model, tokenizer, train_ds, warmup: bool
     return seconds, shapes.calls, memory.peak_bytes
 
 
-def measure_eval(cfg, variant, model, tokenizer, test_ds) -> tuple[float, list, int]:
-    """Time `trainer.predict` on `test_ds`, whose rows are already in batch order."""
+def measure_eval_paired(cfg, variant, model, tokenizer, project_batches, baseline_batches=None) -> dict:
+    """Time `trainer.predict` batch by batch, the pipelines alternating: project batch k, then baseline batch k.
+
+    Each list holds one dataset per batch (the same reviews, tokenized each pipeline's way). This
+    machine's speed drifts by tens of percent over minutes (a shared VM: LoRA's project evaluation
+    ran at 572 and 693 real tok/s in two runs, and one batch timed 9.4 to 12.3 s in a row), so timing
+    the pipelines in separate processes minutes apart made the evaluation ratio a draw (NF4: x2.03,
+    then x1.75). Alternated in one process, drift hits both alike. The baseline batches run with the
+    stock activation, swapped in and out around each. Returns {pipeline: (seconds, calls, peak bytes)}.
+    """
     # sequential, as train.predict_in_order sets it: the batches must stay as the pipeline formed them
     args = train.make_training_args(
         cfg, variant, eval_strategy="no", save_strategy="no", disable_tqdm=True, train_sampling_strategy="sequential"
     )
     trainer = train.make_trainer(model, tokenizer, args, None, None)
-    trainer.predict(test_ds.select(range(2)))  # first call: thread pools, allocator
-    shapes = ShapeLog(model)
-    with train.PeakMemory() as memory:
-        start = time.perf_counter()
-        trainer.predict(test_ds)
-        seconds = time.perf_counter() - start
-    shapes.remove()
-    return seconds, shapes.calls, memory.peak_bytes
+    pipelines = {"project": project_batches} | ({"baseline": baseline_batches} if baseline_batches else {})
+    for pipeline, batches in pipelines.items():  # first calls: thread pools, allocator
+        swap_activation(model, stock=pipeline == "baseline")
+        trainer.predict(batches[0].select(range(2)))
+    seconds, calls, peaks = dict.fromkeys(pipelines, 0.0), {p: [] for p in pipelines}, dict.fromkeys(pipelines, 0)
+    for k in range(len(project_batches)):
+        for pipeline, batches in pipelines.items():
+            swap_activation(model, stock=pipeline == "baseline")
+            shapes = ShapeLog(model)
+            with train.PeakMemory() as memory:
+                start = time.perf_counter()
+                trainer.predict(batches[k])
+                seconds[pipeline] += time.perf_counter() - start
+            shapes.remove()
+            calls[pipeline] += shapes.calls
+            peaks[pipeline] = max(peaks[pipeline], memory.peak_bytes)
+    swap_activation(model, stock=False)
+    return {p: (seconds[p], calls[p], peaks[p]) for p in pipelines}
 
 
-def use_stock_activation(model) -> int:
-    """Put back transformers' stock GPT-2 activation where the project loaded the fused one; returns how many."""
+def swap_activation(model, stock: bool) -> int:
+    """Put in transformers' stock GPT-2 activation (`stock`) or the project's fused one; returns how many swapped."""
     from transformers.activations import ACT2FN
 
-    fused = {type(ACT2FN[new]): old for old, new in models.FUSED_ACTIVATIONS.items()}
+    names = {v: k for k, v in models.FUSED_ACTIVATIONS.items()} if stock else models.FUSED_ACTIVATIONS
+    wanted = {type(ACT2FN[old]): new for old, new in names.items()}  # the type to replace -> the name to load
     swapped = 0
     for module in list(model.modules()):
         for name, child in module.named_children():
-            if type(child) in fused:
-                setattr(module, name, ACT2FN[fused[type(child)]])
+            if type(child) in wanted:
+                setattr(module, name, ACT2FN[wanted[type(child)]])
                 swapped += 1
     return swapped
 
@@ -311,11 +333,9 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
     warmup = max(train_batches, key=lambda b: max(train_lengths[i] for i in b))
     timed = stratified_batches(train_batches, train_lengths, args.steps)
     train_ds = tokenized["train"].select([i for b in [warmup, *timed] for i in b])
-    eval_batches = epoch_batches(test_lengths, cfg.eval_batch_size, "longest_first", cfg.seed)
-    eval_ds = tokenized["test"].select([i for b in stratified_batches(eval_batches, test_lengths, args.eval_batches) for i in b])
     model = train.build_configured_variant(cfg, variant, model_path, tokenizer)
     if pipeline == "baseline":
-        use_stock_activation(model)
+        swap_activation(model, stock=True)
     params, shape = cost.matmul_params(model), cost.attention_shape(model)
     recompute = variant == "nf4_lora"  # gradient checkpointing
     train.page_in_weights(model)  # so that "memory before training" holds the whole model
@@ -354,12 +374,28 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
             result["train_profile"] = profile_step(model, tokenizer, tokenized["train"], timed[len(timed) // 2])
         if args.ablations and pipeline == "project" and variant == "lora":  # the same timed batches, the model warm
             timed_ds = tokenized["train"].select([i for b in timed for i in b])
-            for change, key in ((use_stock_activation, "stock_activation"), (disable_backbone_dropout, "no_backbone_dropout")):
+            for change, key in (
+                (partial(swap_activation, stock=True), "stock_activation"),
+                (disable_backbone_dropout, "no_backbone_dropout"),
+            ):
                 if change(model):  # cumulative: the second runs with the stock activation too, so compare it with the first
                     seconds, calls, _ = measure_trainer_steps(cfg, variant, model, tokenizer, timed_ds, warmup=False)
                     result[f"train_{key}"] = rates(seconds, calls, params, shape, "train", recompute)
-    seconds, calls, peak = measure_eval(cfg, variant, model, tokenizer, eval_ds)
-    result["eval"] = rates(seconds, calls, params, shape, "eval") | {"peak_memory_bytes": peak}
+    if pipeline == "project":  # both pipelines' evaluation, alternated; run_all moves the baseline's to its run
+        eval_batches = epoch_batches(test_lengths, cfg.eval_batch_size, "longest_first", cfg.seed)
+        picked = stratified_batches(eval_batches, test_lengths, args.eval_batches)
+        padded = None if args.ablations else pad_to_max_length(splits["test"], tokenizer, cfg.max_length)
+        timings = measure_eval_paired(
+            cfg,
+            variant,
+            model,
+            tokenizer,
+            [tokenized["test"].select(b) for b in picked],
+            None if padded is None else [padded.select(b) for b in picked],
+        )
+        for name, (seconds, calls, peak) in timings.items():
+            key = "eval" if name == "project" else "eval_baseline"
+            result[key] = rates(seconds, calls, params, shape, "eval") | {"peak_memory_bytes": peak, "paired": len(timings) > 1}
     Path(out).write_text(json.dumps(result, indent=1))
 
 
@@ -456,11 +492,13 @@ def run_all(args, argv) -> dict:
             subprocess.run(cmd, check=True)
             run = json.loads(Path(out.name).read_text())
         run["wall_seconds"] = time.perf_counter() - start
+        if "eval_baseline" in run:  # timed in the project's process (measure_eval_paired), the baseline's figure
+            next(r for r in record["runs"] if r["variant"] == variant and r["pipeline"] == "baseline")["eval"] = run.pop(
+                "eval_baseline"
+            )
         record["runs"].append(run)
-        print(
-            f"{variant} {pipeline}: train {run['train']['real_tokens_per_s']:.0f} real tok/s, eval {run['eval']['real_tokens_per_s']:.0f}",
-            flush=True,
-        )
+        evaluation = f", eval {run['eval']['real_tokens_per_s']:.0f} (baseline's too)" if "eval" in run else ""
+        print(f"{variant} {pipeline}: train {run['train']['real_tokens_per_s']:.0f} real tok/s{evaluation}", flush=True)
     record["summary"] = summarize_ablations(record) if args.ablations else summarize(record)
     record["matmul_peak_flops_after"] = cost.measure_matmul_peak()  # the machine did not change speed meanwhile
     return record

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -232,21 +235,66 @@ def load_classifier(
         check_bitsandbytes()
         if torch.cuda.is_available():  # each process quantizes onto its own GPU (DDP-safe, unlike "auto")
             kwargs["device_map"] = {"": torch.cuda.current_device()}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_path,
-        num_labels=len(LABEL_NAMES),
-        id2label=ID2LABEL,
-        label2id=LABEL2ID,
-        dtype=torch.float32,
-        quantization_config=bnb_config,
-        use_safetensors=True,  # never unpickle downloaded weights
-        **kwargs,
-    )
+    with quiet_load_report():
+        model, loading = AutoModelForSequenceClassification.from_pretrained(
+            model_path,
+            num_labels=len(LABEL_NAMES),
+            id2label=ID2LABEL,
+            label2id=LABEL2ID,
+            dtype=torch.float32,
+            quantization_config=bnb_config,
+            use_safetensors=True,  # never unpickle downloaded weights
+            output_loading_info=True,
+            **kwargs,
+        )
+    warn_unexpected_loading(loading, model_path)
     # GPT-2 has no pad token; the classifier pools the last non-pad token, so it must know the pad id.
     model.config.pad_token_id = pad_token_id
     if embedding_dtype is not None:
         store_embeddings_16bit(model, getattr(torch, embedding_dtype))
     return model
+
+
+CLASSIFIER_HEADS = ("score.", "classifier.")  # what AutoModelForSequenceClassification adds to a language model
+
+
+@contextlib.contextmanager
+def quiet_load_report():
+    """Mute transformers' load report while loading a classifier: it lists the new head on every load.
+
+    A language model's checkpoint has no classification head, so the report always says "score.weight
+    MISSING", which is how it should be; `warn_unexpected_loading` reports anything else. A filter,
+    not a log level: transformers runs extra checks (and warns) when that logger's level is raised.
+    """
+    log = logging.getLogger("transformers.modeling_utils")
+
+    def mute(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+    log.addFilter(mute)
+    try:
+        yield
+    finally:
+        log.removeFilter(mute)
+
+
+def warn_unexpected_loading(loading: dict, model_path: str) -> None:
+    """Warn when loading left out, ignored or resized any weight other than the new classification head."""
+    problems = {
+        "missing": [k for k in loading.get("missing_keys", ()) if not k.startswith(CLASSIFIER_HEADS)],
+        "unexpected": list(loading.get("unexpected_keys", ())),
+        "mismatched": [str(k) for k in loading.get("mismatched_keys", ())],
+    }
+    problems = {kind: keys for kind, keys in problems.items() if keys}
+    if problems:
+        listed = "; ".join(
+            f"{kind}: {', '.join(sorted(keys)[:8])}{' ...' if len(keys) > 8 else ''}" for kind, keys in problems.items()
+        )
+        warnings.warn(
+            f"Loading {model_path} as a classifier did not match its checkpoint beyond the new head ({listed}). "
+            "Is it the model you meant, and a complete download?",
+            stacklevel=3,
+        )
 
 
 def store_embeddings_16bit(model, dtype: torch.dtype = torch.bfloat16) -> int:

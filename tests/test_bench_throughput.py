@@ -45,6 +45,27 @@ def test_stratified_batches_stand_for_the_whole_epoch(bench):
     assert np.median(errors) > 0.1
 
 
+def test_activation_swaps_both_ways_and_computes_the_same(bench, tiny_model_path, tokenizer):
+    import torch
+    from transformers.activations import ACT2FN
+
+    from peft_sentiment.models import load_classifier
+
+    model = load_classifier(tiny_model_path, tokenizer.pad_token_id).eval()
+    fused, stock = type(ACT2FN["gelu_pytorch_tanh"]), type(ACT2FN["gelu_new"])
+    layers = model.config.n_layer
+    x = torch.randint(0, model.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        before = model(input_ids=x).logits
+        assert bench.swap_activation(model, stock=True) == layers  # the baseline's activation, in every block
+        assert not any(isinstance(m, fused) for m in model.modules()) and any(isinstance(m, stock) for m in model.modules())
+        torch.testing.assert_close(model(input_ids=x).logits, before, rtol=1e-4, atol=1e-5)  # the same function
+        assert bench.swap_activation(model, stock=True) == 0  # nothing left to swap
+        assert bench.swap_activation(model, stock=False) == layers  # and back (between paired evaluation batches)
+        assert not any(isinstance(m, stock) for m in model.modules())
+        torch.testing.assert_close(model(input_ids=x).logits, before)
+
+
 @pytest.mark.slow
 def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
     data_dir = os.environ.get("IMDB_DATA_DIR") or (str(SHARED_IMDB) if SHARED_IMDB.is_dir() else None)
@@ -73,6 +94,12 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
             assert 0 < m["model_flops_per_s"] <= m["hardware_flops_per_s"]
         if run["pipeline"] == "baseline":  # every row padded to max_length
             assert run["eval"]["padded_tokens"] == 128 * 32
+    for variant in ("head_only", "lora"):  # evaluation timed alternately in one process: the same reviews both ways
+        base, proj = (
+            next(r for r in record["runs"] if r["variant"] == variant and r["pipeline"] == p) for p in ("baseline", "project")
+        )
+        assert base["eval"]["paired"] and proj["eval"]["paired"] and "eval_baseline" not in proj
+        assert base["eval"]["real_tokens"] == proj["eval"]["real_tokens"] and proj["eval"]["padded_tokens"] <= 128 * 32
     lora = record["summary"]["lora"]
     assert lora["train_ratio"] == pytest.approx(
         lora["project"]["train_real_tokens_per_s"] / lora["baseline"]["train_real_tokens_per_s"]

@@ -135,3 +135,24 @@ def test_gpt2_loads_with_the_fused_gelu_that_computes_the_same(tiny_model_path, 
     ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
         torch.testing.assert_close(fused(input_ids=ids).logits, stock(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_loading_is_quiet_about_the_new_head_but_warns_about_anything_else(tiny_model_path, tokenizer, tmp_path, capfd):
+    import shutil
+    import warnings
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the head is always new: no warning of ours either
+        models.load_classifier(tiny_model_path, tokenizer.pad_token_id)
+    assert "LOAD REPORT" not in capfd.readouterr().err
+
+    broken = tmp_path / "broken"  # a checkpoint that lost one block's weight (a cut-short download, say)
+    shutil.copytree(tiny_model_path, broken)
+    weights = load_file(Path(broken) / "model.safetensors")
+    lost = next(k for k in weights if ".h.1." in k and k.endswith("ln_1.weight"))
+    save_file({k: v for k, v in weights.items() if k != lost}, Path(broken) / "model.safetensors", metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match=r"missing: .*h\.1\.ln_1\.weight"):
+        models.load_classifier(str(broken), tokenizer.pad_token_id)
