@@ -18,13 +18,17 @@ Weights do not change memory use, so random ones measure the real models' memory
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import gc
 import json
 import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import psutil
@@ -54,6 +58,56 @@ def current_bytes() -> int:
     return torch.cuda.memory_allocated() if torch.cuda.is_available() else psutil.Process().memory_info().rss
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+
+
+def heap_reader():
+    """A function returning the bytes malloc has handed out and not freed (glibc's mallinfo2), or None.
+
+    RSS also counts what malloc keeps after a free (arena pages it has not trimmed) and pages that no
+    allocation holds any more; these live bytes are what an estimate of tensors can be held to.
+    None where there is no glibc >= 2.33 (mallinfo2) or on a GPU (the CUDA allocator's peak is live bytes).
+    """
+    if torch.cuda.is_available():
+        return None
+    try:
+        mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _MallInfo2
+
+    def live_bytes() -> int:
+        info = mallinfo2()
+        return info.uordblks + info.hblkhd  # in use in the arenas + mmapped chunks (the large tensors)
+
+    return live_bytes
+
+
+class HeapPeak:
+    """Peak of `heap_reader()`'s live bytes inside a `with` block, sampled like train.PeakMemory."""
+
+    def __init__(self, read, interval_s: float = 0.01):
+        self.read, self.interval_s, self.peak_bytes = read, interval_s, 0
+
+    def __enter__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while True:
+            self.peak_bytes = max(self.peak_bytes, self.read())
+            if self._stop.wait(self.interval_s):
+                return
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        return False
+
+
 def saved_activation_bytes(model, batch: dict) -> tuple[int, torch.Tensor]:
     """The bytes autograd keeps for backward in one forward pass (each storage once, parameters excluded), and the loss."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -75,7 +129,10 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    cfg = make_config("full", model_name=model_name)  # the full profile's LoRA and NF4 settings
+    # the full profile's LoRA and NF4 settings; NF4 computes in fp32 on a CPU, as the estimate assumes
+    # (this CPU has no fast bf16: one gpt2 NF4 step took 269 s with bf16 compute)
+    nf4_compute = "bfloat16" if torch.cuda.is_available() else "float32"
+    cfg = make_config("full", model_name=model_name, nf4_compute_dtype=nf4_compute)
     model_path = models.resolve_model(model_name)
     tokenizer = models.load_tokenizer(model_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -88,8 +145,10 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     train.page_in_weights(model)  # or the step's first touch of file-mapped weights counts as training memory
     before = current_bytes()
+    read_heap = heap_reader()
+    heap_before = read_heap() if read_heap else None
     model.train()
-    with train.PeakMemory(interval_s=0.01) as memory:
+    with train.PeakMemory(interval_s=0.01) as memory, HeapPeak(read_heap) if read_heap else nullcontext() as heap:
         start = time.perf_counter()
         kept, loss = saved_activation_bytes(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
         loss.backward()
@@ -115,15 +174,20 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
         "estimate": estimate,
         "estimated_added_bytes": estimate["total"] - estimate["weights"],
         "saved_activation_bytes": kept,
+        # malloc's live bytes: what the step's tensors and buffers really held, without what RSS keeps
+        "measured_added_heap_bytes": None if read_heap is None else heap.peak_bytes - heap_before,
         "step_seconds": seconds,
+        "nf4_compute_dtype": nf4_compute,
     }
     Path(out).write_text(json.dumps(result, indent=1))
 
 
 def summarize(run: dict) -> dict:
+    heap = run.get("measured_added_heap_bytes")
     return {
         "weights_error": run["estimate"]["weights"] / run["model_bytes"] - 1,
         "added_error": run["estimated_added_bytes"] / run["measured_added_bytes"] - 1,
+        "added_heap_error": run["estimated_added_bytes"] / heap - 1 if heap else None,
         "activations_error": run["estimate"]["activations"] / run["saved_activation_bytes"] - 1
         if run["saved_activation_bytes"]
         else None,
@@ -133,22 +197,30 @@ def summarize(run: dict) -> dict:
 def memory_section(record: dict) -> str:
     """Markdown: estimate vs measurement per model and variant, with the command."""
     device = record["device"]
+    heap = any(run.get("measured_added_heap_bytes") for run in record["runs"])
     lines = [
         f"**Batch {record['settings']['batch']} x {record['settings']['seq_len']} tokens, one training step, "
         f"{device['name']} ({'process RSS' if device['type'] == 'cpu' else 'CUDA allocator peak'}), {record['created'][:10]}.** "
-        "Added = peak minus the memory before the step (activations, gradients, optimizer state, allocator overhead).",
+        "Added = peak minus the memory before the step (activations, gradients, optimizer state, allocator overhead)."
+        + (" Live heap: the same for the bytes malloc had handed out and not freed (glibc `mallinfo2`)." if heap else ""),
         "",
-        "| model | params | variant | weights MB: estimate / measured | added MB: estimate / measured (error) "
-        "| activations kept for backward MB: estimate / measured (error) |",
-        "|---|---|---|---|---|---|",
+        "| model | params | variant | weights MB: estimate / measured | added MB: estimate / measured RSS (error) "
+        + ("| added MB: measured live heap (error) " if heap else "")
+        + "| activations kept for backward MB: estimate / measured (error) |",
+        "|---|---|---|---|---|---|" + ("---|" if heap else ""),
     ]
     for run in record["runs"]:
         e = summarize(run)
+        heap_cell = ""
+        if heap:
+            measured = run.get("measured_added_heap_bytes")
+            heap_cell = "| - " if not measured else f"| {measured / 1e6:,.0f} ({e['added_heap_error']:+.0%}) "
         lines.append(
             f"| {run['model'].removesuffix('-random')} | {run['params'] / 1e6:,.0f}M | {report.VARIANT_LABELS[run['variant']]} "
             f"| {run['estimate']['weights'] / 1e6:,.0f} / {run['model_bytes'] / 1e6:,.0f} "
             f"| {run['estimated_added_bytes'] / 1e6:,.0f} / {run['measured_added_bytes'] / 1e6:,.0f} ({e['added_error']:+.0%}) "
-            f"| {run['estimate']['activations'] / 1e6:,.0f} / {run['saved_activation_bytes'] / 1e6:,.0f} "
+            + heap_cell
+            + f"| {run['estimate']['activations'] / 1e6:,.0f} / {run['saved_activation_bytes'] / 1e6:,.0f} "
             f"({'-' if e['activations_error'] is None else format(e['activations_error'], '+.0%')}) |"
         )
     lines += ["", f"Reproduce: `{record['command']}`"]

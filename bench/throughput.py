@@ -104,20 +104,18 @@ class StepLog(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-class ShapeLog:
-    """Each forward call's real row lengths and padded length (a forward pre-hook, like train.TokenCounter)."""
+class ShapeLog(train.TokenCounter):
+    """train.TokenCounter's hook, also keeping each forward call's real row lengths and padded length."""
 
-    def __init__(self, model):
+    def reset(self) -> None:
+        super().reset()
         self.calls = []
-        self._handle = model.register_forward_pre_hook(self._log, with_kwargs=True)
 
-    def _log(self, module, args, kwargs):
+    def _count(self, module, args, kwargs) -> None:
+        super()._count(module, args, kwargs)
         mask = kwargs.get("attention_mask")
         if mask is not None:
             self.calls.append({"lengths": mask.sum(1).tolist(), "padded": int(mask.shape[1])})
-
-    def remove(self):
-        self._handle.remove()
 
 
 def worker_config(args):

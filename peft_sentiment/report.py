@@ -269,6 +269,10 @@ def read_baselines(records_dir: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((Path(records_dir) / "baselines").glob("*.json"))]
 
 
+# bench/accuracy's whole run (command, variants, wall time); in a subfolder, apart from the records
+ACCURACY_RUN_FILE = "benchmark/accuracy_run.json"
+
+
 def results_section(records_dir: str) -> str:
     """The README's block for one records folder: what ran where, then the table."""
     records = read_records(records_dir)
@@ -292,6 +296,14 @@ def results_section(records_dir: str) -> str:
     commands = sorted({r["command"] for r in [*records, *read_baselines(records_dir)] if r.get("command")})
     if commands:
         rows += ["", "Reproduce: " + ", ".join(f"`{c}`" for c in commands)]
+    run_path = Path(records_dir) / ACCURACY_RUN_FILE
+    run = json.loads(run_path.read_text()) if run_path.is_file() else None
+    if run and {r.get("command") for r in records} == {run["command"]}:  # bench/accuracy's run made these records
+        part = " (resumed: this part only)" if run["resumed"] else ""
+        rows += [
+            "",
+            f"`{run['command']}` took {run['total_seconds'] / 60:.1f} min{part} on {run['device']['name']}, {run['created'][:10]}.",
+        ]
     for name, what in (("accuracy_vs_cost.png", "accuracy vs cost"), ("analysis.png", "errors, ROC, length, calibration")):
         if (Path(records_dir) / name).is_file():
             rows += ["", f"![{what}]({Path(records_dir).as_posix()}/{name})"]
@@ -462,6 +474,11 @@ def throughput_section(record: dict, ablations: dict | None = None) -> str:
         speedups = {v: row[key] for v, row in (ablations or {}).get("summary", {}).items() if key in row}
         if speedups:
             notes.append(f"{what}: " + ", ".join(f"{VARIANT_LABELS.get(v, v)} x{x:.2f}" for v, x in speedups.items()) + ".")
+    if all(r.get("eval", {}).get("paired") for r in record["runs"]):
+        notes.append(
+            "Evaluation: both pipelines timed in one process, alternating batch by batch (machine drift cancels); "
+            "training: each pipeline in its own process (its own peak memory), minutes apart."
+        )
     if "nf4_bytes_vs_fp32" in record["summary"]:
         notes.append(f"NF4 model bytes: {record['summary']['nf4_bytes_vs_fp32']:.1%} of the fp32 model's.")
     tok = record.get("tokenization")

@@ -132,4 +132,5 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
     text = readme.read_text()  # the block is drawn from both records
     assert "old" not in text and text.startswith("intro") and text.endswith("rest\n")
     assert f"**x{lora['train_ratio']:.2f}**" in text and record["command"] in text and ablations["command"] in text
+    assert "alternating batch by batch" in text  # the evaluation ratios are paired, and the block says so
     assert f"x{speedups['fused_activation_speedup']:.2f}" in text and f"x{speedups['backbone_dropout_off_speedup']:.2f}" in text
