@@ -1,6 +1,9 @@
 """Will it fit? `cost.estimate_training_memory` against the measured peak, for every GPT-2 size that runs here.
 
-    python bench/memory.py     # gpt2, gpt2-medium, gpt2-large (random weights) x 3 variants, batch 4 x 256
+    python bench/memory.py     # gpt2 to gpt2-xl (random weights) x 3 variants, batch 4 x 256; ~15 min here
+
+A (model, variant) that its own estimate says will not fit in the memory available (RSS_OVER_ESTIMATE)
+is skipped and recorded as such: on this 24 GB machine, gpt2-xl's fp32 LoRA step.
 
 Each (model, variant) runs in its own process, so each peak is its own: the package's builder makes
 the variant, the process's memory is read, then one full training step (forward, backward, AdamW
@@ -38,7 +41,7 @@ from transformers import AutoConfig
 from peft_sentiment import VARIANTS, cost, models, report, train
 from peft_sentiment.config import make_config
 
-DEFAULT_MODELS = ("gpt2-random", "gpt2-medium-random", "gpt2-large-random")
+DEFAULT_MODELS = ("gpt2-random", "gpt2-medium-random", "gpt2-large-random", "gpt2-xl-random")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -182,6 +185,22 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     Path(out).write_text(json.dumps(result, indent=1))
 
 
+# On the sizes that ran here, RSS added up to 1.7x what the estimate adds (memory malloc keeps; README).
+# A (model, variant) whose estimate, scaled so, exceeds the memory available now is skipped, not run
+# into swap or the OOM killer.
+RSS_OVER_ESTIMATE = 1.8
+
+
+def predicted_rss_bytes(model_name: str, variant: str, args) -> float:
+    """What a step of `variant` on `model_name` should take in RSS: weights + the estimate's added bytes, scaled."""
+    cfg = make_config("full", model_name=model_name)
+    config = AutoConfig.from_pretrained(models.resolve_model(model_name))
+    estimate = cost.estimate_training_memory(
+        config, variant, args.batch, args.seq_len, cfg.lora_r, cfg.lora_targets, lora_dropout=cfg.lora_dropout
+    )
+    return estimate["weights"] + RSS_OVER_ESTIMATE * (estimate["total"] - estimate["weights"])
+
+
 def summarize(run: dict) -> dict:
     heap = run.get("measured_added_heap_bytes")
     return {
@@ -210,6 +229,11 @@ def memory_section(record: dict) -> str:
         "|---|---|---|---|---|---|" + ("---|" if heap else ""),
     ]
     for run in record["runs"]:
+        if "skipped" in run:
+            lines.append(
+                f"| {run['model'].removesuffix('-random')} | | {report.VARIANT_LABELS[run['variant']]} | skipped: {run['skipped']} |"
+            )
+            continue
         e = summarize(run)
         heap_cell = ""
         if heap:
@@ -245,6 +269,12 @@ def main(argv=None) -> int:
     for model_name in args.models:
         models.resolve_model(model_name)  # build a random-weight model once, outside the measured processes
         for variant in args.variants:
+            need, available = predicted_rss_bytes(model_name, variant, args), psutil.virtual_memory().available
+            if need > available:
+                why = f"needs ~{need / 1e9:.1f} GB by the estimate (x{RSS_OVER_ESTIMATE} for RSS), {available / 1e9:.1f} GB available"
+                record["runs"].append({"model": model_name, "variant": variant, "skipped": why})
+                print(f"{model_name} {variant}: skipped, {why}", flush=True)
+                continue
             with tempfile.NamedTemporaryFile(suffix=".json") as out:
                 cmd = [sys.executable, __file__, *argv, "--worker", model_name, variant, out.name]
                 subprocess.run(cmd, check=True)

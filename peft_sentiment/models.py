@@ -248,6 +248,8 @@ def load_classifier(
             **kwargs,
         )
     warn_unexpected_loading(loading, model_path)
+    if bnb_config is not None:
+        copy_checkpoint_views(model)
     # GPT-2 has no pad token; the classifier pools the last non-pad token, so it must know the pad id.
     model.config.pad_token_id = pad_token_id
     if embedding_dtype is not None:
@@ -295,6 +297,26 @@ def warn_unexpected_loading(loading: dict, model_path: str) -> None:
             "Is it the model you meant, and a complete download?",
             stacklevel=3,
         )
+
+
+def copy_checkpoint_views(model) -> int:
+    """Copy the CPU tensors of a quantized model that still view its checkpoint file; returns how many.
+
+    safetensors loads zero-copy: a tensor kept as loaded is a view into the memory-mapped file. In a
+    quantized model that is only the norms and biases (a few MB), but one view keeps the whole mapping
+    alive, and quantizing read every page of it. Measured: gpt2-large's NF4 model (500 MB) kept 3.3 GB
+    of its fp32 checkpoint in RSS through 291 such views (4.2 -> 1.1 GB RSS once they were copied).
+    Those pages are clean and the kernel could drop them, but RSS counts them and a "will it fit"
+    check reads RSS. The 4-bit weights are copies already; on a GPU nothing views the file.
+    """
+    import bitsandbytes as bnb
+
+    copied = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type == "cpu" and not isinstance(tensor, bnb.nn.Params4bit):
+            tensor.data = tensor.data.clone()
+            copied += 1
+    return copied
 
 
 def store_embeddings_16bit(model, dtype: torch.dtype = torch.bfloat16) -> int:

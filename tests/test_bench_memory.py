@@ -37,3 +37,21 @@ def test_memory_bench_compares_estimate_and_measurement(tiny_model_path, model_c
     text = readme.read_text()
     assert "old" not in text and record["command"] in text and "| NF4 LoRA |" in text
     assert report.VARIANT_LABELS["head_only"] in text
+
+
+def test_what_the_estimate_says_will_not_fit_is_skipped_not_run(tiny_model_path, model_cache, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from conftest import load_bench
+
+    bench = load_bench("memory")
+    monkeypatch.setattr(bench.psutil, "virtual_memory", lambda: SimpleNamespace(available=1_000))  # 1 kB free
+    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("a run that cannot fit was started"))
+    out, readme = tmp_path / "memory.json", tmp_path / "README.md"
+    readme.write_text("<!-- memory:start -->\nold\n<!-- memory:end -->\n")
+    argv = ["--models", tiny_model_path, "--variants", "lora", "--batch", "2", "--seq-len", "32"]
+    assert bench.main([*argv, "--out", str(out), "--readme", str(readme)]) == 0
+    (run,) = json.loads(out.read_text())["runs"]
+    need = bench.predicted_rss_bytes(tiny_model_path, "lora", bench.parse_args(argv))
+    assert run["variant"] == "lora" and f"needs ~{need / 1e9:.1f} GB" in run["skipped"] and "0.0 GB available" in run["skipped"]
+    assert "| LoRA | skipped: needs" in readme.read_text()

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import bitsandbytes as bnb
 import pytest
 import torch
@@ -156,3 +158,24 @@ def test_loading_is_quiet_about_the_new_head_but_warns_about_anything_else(tiny_
     save_file({k: v for k, v in weights.items() if k != lost}, Path(broken) / "model.safetensors", metadata={"format": "pt"})
     with pytest.warns(UserWarning, match=r"missing: .*h\.1\.ln_1\.weight"):
         models.load_classifier(str(broken), tokenizer.pad_token_id)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
+def test_a_quantized_model_keeps_no_view_into_its_checkpoint_file(tiny_model_path, tokenizer, bnb_config):
+    checkpoint = str(Path(tiny_model_path) / "model.safetensors")
+
+    def mapped_ranges():
+        ranges = []
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            if line.endswith(checkpoint):
+                start, end = line.split()[0].split("-")
+                ranges.append((int(start, 16), int(end, 16)))
+        return ranges
+
+    fp32 = models.load_classifier(tiny_model_path, tokenizer.pad_token_id)
+    views = [t for t in fp32.parameters() if any(a <= t.untyped_storage().data_ptr() < b for a, b in mapped_ranges())]
+    assert views  # fp32 loads zero-copy from the file (the reason for the copy below)
+    del fp32, views
+    nf4 = models.load_classifier(tiny_model_path, tokenizer.pad_token_id, bnb_config)
+    tensors = [*nf4.parameters(), *nf4.buffers()]
+    assert not [t for t in tensors if any(a <= t.untyped_storage().data_ptr() < b for a, b in mapped_ranges())]
