@@ -185,9 +185,10 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     Path(out).write_text(json.dumps(result, indent=1))
 
 
-# On the sizes that ran here, RSS added up to 1.7x what the estimate adds (memory malloc keeps; README).
-# A (model, variant) whose estimate, scaled so, exceeds the memory available now is skipped, not run
-# into swap or the OOM killer.
+# A (model, variant) whose estimate, scaled to RSS, exceeds the memory available now is skipped, not
+# run into swap or the OOM killer. The scale is LoRA's, the variant whose memory grows fastest: its RSS
+# added 1.7x the estimate on every size here (memory malloc keeps; README). NF4's RSS added 5-8x its
+# estimate, but that estimate is small (under 0.6 GB up to gpt2-xl): for NF4 the check is a loose one.
 RSS_OVER_ESTIMATE = 1.8
 
 

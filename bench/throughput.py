@@ -235,7 +235,7 @@ def measure_eval_paired(cfg, variant, model, tokenizer, project_batches, baselin
 
     Each list holds one dataset per batch (the same reviews, tokenized each pipeline's way). This
     machine's speed drifts by tens of percent over minutes (a shared VM: LoRA's project evaluation
-    ran at 572 and 693 real tok/s in two runs, and one batch timed 9.4 to 12.3 s in a row), so timing
+    ran at 572 and 693 real tok/s in two runs; one forward pass took 12.2 s, then 9.4 s), so timing
     the pipelines in separate processes minutes apart made the evaluation ratio a draw (NF4: x2.03,
     then x1.75). Alternated in one process, drift hits both alike. The baseline batches run with the
     stock activation, swapped in and out around each. Returns {pipeline: (seconds, calls, peak bytes)}.
