@@ -29,7 +29,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -87,30 +86,6 @@ def heap_reader():
     return live_bytes
 
 
-class HeapPeak:
-    """Peak of `heap_reader()`'s live bytes inside a `with` block, sampled like train.PeakMemory."""
-
-    def __init__(self, read, interval_s: float = 0.01):
-        self.read, self.interval_s, self.peak_bytes = read, interval_s, 0
-
-    def __enter__(self):
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while True:
-            self.peak_bytes = max(self.peak_bytes, self.read())
-            if self._stop.wait(self.interval_s):
-                return
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        return False
-
-
 def saved_activation_bytes(model, batch: dict) -> tuple[int, torch.Tensor]:
     """The bytes autograd keeps for backward in one forward pass (each storage once, parameters excluded), and the loss."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -151,7 +126,7 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     read_heap = heap_reader()
     heap_before = read_heap() if read_heap else None
     model.train()
-    with train.PeakMemory(interval_s=0.01) as memory, HeapPeak(read_heap) if read_heap else nullcontext() as heap:
+    with train.PeakMemory(interval_s=0.01) as memory, train.PeakMemory(0.01, read_heap) if read_heap else nullcontext() as heap:
         start = time.perf_counter()
         kept, loss = saved_activation_bytes(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
         loss.backward()

@@ -58,34 +58,40 @@ class TokenCounter:
 
 
 class PeakMemory:
-    """Peak memory inside a `with` block: CUDA allocator peak on a GPU, sampled process RSS on a CPU."""
+    """Peak memory inside a `with` block: CUDA allocator peak on a GPU, sampled process RSS on a CPU.
 
-    def __init__(self, interval_s: float = 0.05):
-        self.interval_s = interval_s
+    `read`, a function returning bytes, is sampled instead, on any device (bench/memory: malloc's live bytes).
+    """
+
+    def __init__(self, interval_s: float = 0.05, read=None):
+        self.interval_s, self.read = interval_s, read
         self.peak_bytes = 0
+        self._cuda = read is None and torch.cuda.is_available()
 
     def __enter__(self):
-        if torch.cuda.is_available():
+        if self._cuda:
             torch.cuda.reset_peak_memory_stats()
             return self
+        if self.read is None:
+            process = psutil.Process()
+            self.read = lambda: process.memory_info().rss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
 
     def _sample(self) -> None:
-        process = psutil.Process()
         while True:
-            self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+            self.peak_bytes = max(self.peak_bytes, self.read())
             if self._stop.wait(self.interval_s):
                 return
 
     def current_peak(self) -> int:
         """The peak so far, inside the block."""
-        return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else self.peak_bytes
+        return torch.cuda.max_memory_allocated() if self._cuda else self.peak_bytes
 
     def __exit__(self, *exc):
-        if torch.cuda.is_available():
+        if self._cuda:
             self.peak_bytes = torch.cuda.max_memory_allocated()
         else:
             self._stop.set()

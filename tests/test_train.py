@@ -172,3 +172,21 @@ def test_last_checkpoint_passes_over_one_cut_short_by_a_crash(tmp_path):
     trainer = types.SimpleNamespace(args=types.SimpleNamespace(output_dir=str(tmp_path)))
     assert train.last_checkpoint(trainer) == str(tmp_path / "checkpoint-6")
     assert train.last_checkpoint(types.SimpleNamespace(args=types.SimpleNamespace(output_dir=str(tmp_path / "none")))) is None
+
+
+def test_peak_memory_samples_rss_or_what_it_is_given():
+    import time
+
+    import numpy as np
+    import psutil
+
+    before = psutil.Process().memory_info().rss
+    with train.PeakMemory(interval_s=0.005) as rss:
+        block = np.ones(50_000_000 // 8)  # 50 MB, touched
+        time.sleep(0.05)
+        assert rss.current_peak() >= before + 0.9 * block.nbytes  # the process's RSS, sampled
+    del block
+    values = iter([5, 40, 7] + [3] * 10_000)
+    with train.PeakMemory(interval_s=0.001, read=lambda: next(values)) as given:
+        time.sleep(0.05)
+    assert given.peak_bytes == 40  # the largest value read, on any device
