@@ -245,15 +245,6 @@ def last_checkpoint(trainer: Trainer) -> str | None:
         ):
             return str(checkpoint)
     return None
-    candidates = sorted(
-        folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name.split("-")[-1].isdigit() else -1
-    )
-    for checkpoint in reversed(candidates):
-        if all((checkpoint / part).is_file() for part in CHECKPOINT_PARTS) and any(
-            (checkpoint / w).is_file() for w in WEIGHT_FILES
-        ):
-            return str(checkpoint)
-    return None
 
 
 def fit(trainer: Trainer, resume: bool = False) -> tuple:
