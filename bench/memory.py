@@ -124,7 +124,6 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     train.page_in_weights(model)  # or the step's first touch of file-mapped weights counts as training memory
     before = current_bytes()
     read_heap = heap_reader()
-    heap_before = read_heap() if read_heap else None
     model.train()
     with train.PeakMemory(interval_s=0.01) as memory, train.PeakMemory(0.01, read_heap) if read_heap else nullcontext() as heap:
         start = time.perf_counter()
@@ -153,7 +152,7 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
         "estimated_added_bytes": estimate["total"] - estimate["weights"],
         "saved_activation_bytes": kept,
         # malloc's live bytes: what the step's tensors and buffers really held, without what RSS keeps
-        "measured_added_heap_bytes": None if read_heap is None else heap.peak_bytes - heap_before,
+        "measured_added_heap_bytes": None if read_heap is None else heap.peak_bytes - heap.start_bytes,
         "step_seconds": seconds,
         "nf4_compute_dtype": nf4_compute,
     }

@@ -61,20 +61,24 @@ class PeakMemory:
     """Peak memory inside a `with` block: CUDA allocator peak on a GPU, sampled process RSS on a CPU.
 
     `read`, a function returning bytes, is sampled instead, on any device (bench/memory: malloc's live bytes).
+    `start_bytes` is the value on entry, which the peak includes: `peak_bytes - start_bytes` is what the
+    block added, never negative (sampling starts after entry, when the block may already have freed memory).
     """
 
     def __init__(self, interval_s: float = 0.05, read=None):
         self.interval_s, self.read = interval_s, read
-        self.peak_bytes = 0
+        self.start_bytes = self.peak_bytes = 0
         self._cuda = read is None and torch.cuda.is_available()
 
     def __enter__(self):
         if self._cuda:
             torch.cuda.reset_peak_memory_stats()
+            self.start_bytes = torch.cuda.memory_allocated()
             return self
         if self.read is None:
             process = psutil.Process()
             self.read = lambda: process.memory_info().rss
+        self.start_bytes = self.peak_bytes = self.read()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()

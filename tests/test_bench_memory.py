@@ -31,8 +31,11 @@ def test_memory_bench_compares_estimate_and_measurement(tiny_model_path, model_c
     assert hidden <= head["saved_activation_bytes"] < 1.1 * hidden
     assert nf4["saved_activation_bytes"] > 0
     assert nf4["nf4_compute_dtype"] == "float32"  # on a CPU: the estimate's fp32 activations, and no slow bf16
-    for run in record["runs"]:  # malloc's live bytes: what the step's tensors held, under what RSS kept
-        assert run["measured_added_heap_bytes"] > 0 and "live heap" in readme.read_text()
+    # malloc's live bytes: what the step's tensors held, under what RSS kept. Head-only on this 2-layer
+    # model adds a few kB at most and may free as much first (its peak is then its start: 0 added);
+    # NF4 LoRA's step dequantizes weights and keeps activations and optimizer state: always more.
+    assert head["measured_added_heap_bytes"] >= 0 and nf4["measured_added_heap_bytes"] > 0
+    assert "live heap" in readme.read_text()
     assert nf4["estimate"]["weights"] == pytest.approx(nf4["model_bytes"], rel=0.1)  # as tests/test_cost.py checks
     text = readme.read_text()
     assert "old" not in text and record["command"] in text and "| NF4 LoRA |" in text

@@ -190,4 +190,8 @@ def test_peak_memory_samples_rss_or_what_it_is_given():
     values = iter([5, 40, 7] + [3] * 10_000)
     with train.PeakMemory(interval_s=0.001, read=lambda: next(values)) as given:
         time.sleep(0.05)
-    assert given.peak_bytes == 40  # the largest value read, on any device
+    assert (given.start_bytes, given.peak_bytes) == (5, 40)  # the value on entry; the largest read, on any device
+    values = iter([50] + [3] * 10_000)
+    with train.PeakMemory(interval_s=0.001, read=lambda: next(values)) as freed:
+        time.sleep(0.05)
+    assert freed.peak_bytes - freed.start_bytes == 0  # a block that only frees added nothing, not a negative
