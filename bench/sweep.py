@@ -170,8 +170,9 @@ def sweep_section(cfg, runs: list[dict], plot_path: Path) -> str:
         )
     if any(r.get("source") == "profile run" for r in runs) and runs[0]["device"]["type"] == "cpu":
         lines.append(
-            "The profile runs' memory is the RSS of the process that trained them one after another (the "
-            "notebook's), so it includes earlier variants' models: an upper bound. The sweep's runs each ran alone."
+            "The profile runs' memory is the RSS of the one process that trained them one after another "
+            "(bench/accuracy.py's or the notebook's), so it includes what earlier variants left: an upper bound. "
+            "The sweep's runs each ran alone."
         )
     half_width = 1.96 * (0.9 * 0.1 / cfg.val_size) ** 0.5
     lines += [
