@@ -131,15 +131,7 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
         loss.backward()
         optimizer.step()
         seconds = time.perf_counter() - start
-    estimate = cost.estimate_training_memory(
-        AutoConfig.from_pretrained(model_path),
-        variant,
-        args.batch,
-        args.seq_len,
-        cfg.lora_r,
-        cfg.lora_targets,
-        lora_dropout=cfg.lora_dropout,
-    )
+    estimate = estimate_step(model_name, variant, args)
     result = {
         "model": model_name,
         "variant": variant,
@@ -166,13 +158,18 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
 RSS_OVER_ESTIMATE = 1.8
 
 
-def predicted_rss_bytes(model_name: str, variant: str, args) -> float:
-    """What a step of `variant` on `model_name` should take in RSS: weights + the estimate's added bytes, scaled."""
+def estimate_step(model_name: str, variant: str, args) -> dict:
+    """`cost.estimate_training_memory` for one step of `variant` on `model_name` with the full profile's LoRA settings."""
     cfg = make_config("full", model_name=model_name)
     config = AutoConfig.from_pretrained(models.resolve_model(model_name))
-    estimate = cost.estimate_training_memory(
+    return cost.estimate_training_memory(
         config, variant, args.batch, args.seq_len, cfg.lora_r, cfg.lora_targets, lora_dropout=cfg.lora_dropout
     )
+
+
+def predicted_rss_bytes(model_name: str, variant: str, args) -> float:
+    """What a step of `variant` on `model_name` should take in RSS: weights + the estimate's added bytes, scaled."""
+    estimate = estimate_step(model_name, variant, args)
     return estimate["weights"] + RSS_OVER_ESTIMATE * (estimate["total"] - estimate["weights"])
 
 

@@ -164,18 +164,16 @@ def test_loading_is_quiet_about_the_new_head_but_warns_about_anything_else(tiny_
 def test_a_quantized_model_keeps_no_view_into_its_checkpoint_file(tiny_model_path, tokenizer, bnb_config):
     checkpoint = str(Path(tiny_model_path) / "model.safetensors")
 
-    def mapped_ranges():
+    def views_into_checkpoint(tensors) -> list:
         ranges = []
         for line in Path("/proc/self/maps").read_text().splitlines():
             if line.endswith(checkpoint):
                 start, end = line.split()[0].split("-")
                 ranges.append((int(start, 16), int(end, 16)))
-        return ranges
+        return [t for t in tensors if any(a <= t.untyped_storage().data_ptr() < b for a, b in ranges)]
 
     fp32 = models.load_classifier(tiny_model_path, tokenizer.pad_token_id)
-    views = [t for t in fp32.parameters() if any(a <= t.untyped_storage().data_ptr() < b for a, b in mapped_ranges())]
-    assert views  # fp32 loads zero-copy from the file (the reason for the copy below)
-    del fp32, views
+    assert views_into_checkpoint(fp32.parameters())  # fp32 loads zero-copy from the file (the reason for the copy below)
+    del fp32
     nf4 = models.load_classifier(tiny_model_path, tokenizer.pad_token_id, bnb_config)
-    tensors = [*nf4.parameters(), *nf4.buffers()]
-    assert not [t for t in tensors if any(a <= t.untyped_storage().data_ptr() < b for a, b in mapped_ranges())]
+    assert not views_into_checkpoint([*nf4.parameters(), *nf4.buffers()])
