@@ -78,7 +78,7 @@ def sweep_record(cfg, variant: str, lr: float, trainer, train_output, seconds: f
         "profile": cfg.profile,
         "learning_rate": lr,
         "config": config_to_dict(cfg),
-        "model_path": str(model.config.name_or_path),
+        "model": cfg.model_name,
         "model_bytes": int(model.get_memory_footprint()),
         "train_loss": train_output.training_loss,
         "train_seconds": seconds,  # wall time of train(), validation passes included

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from peft_sentiment import VARIANTS, data, inference, metrics, models, report, train
+from peft_sentiment import VARIANTS, data, hardware, inference, metrics, models, report, train
 from peft_sentiment.config import Config, make_config
 
 EXAMPLES = """examples:
@@ -53,6 +53,8 @@ def run_training(cfg: Config, variants=VARIANTS, *, resume: bool = False, comman
     # joins the process group when launched by torchrun/accelerate (gloo on CPUs); trivial otherwise
     state = PartialState(cpu=not torch.cuda.is_available())
     report.check_writable(cfg.records_dir, cfg.adapter_dir_f32, cfg.adapter_dir_nf4, cfg.work_dir)
+    if state.is_main_process:
+        print(f"profile {cfg.profile}: {hardware.describe_precision(cfg.precision)}")
     if splits is None:
         splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
     with state.main_process_first():  # one process builds models and tokenization caches, the others reuse them

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
+import typing
 from dataclasses import dataclass
 
 from peft_sentiment import VARIANTS
+from peft_sentiment.hardware import PRECISIONS
 
 PROFILE_ENV = "PEFT_PROFILE"
 DATA_DIR_ENV = "IMDB_DATA_DIR"
@@ -42,13 +45,14 @@ class Config:
     evals_per_run: int  # validation passes during training (a learning curve; each costs a pass over val_size)
     checkpoint_every: float  # checkpoint interval: a fraction (< 1) of the run's steps, or a number of steps
     warmup_ratio: float
+    precision: str  # "auto" (bf16 where the hardware computes it natively, else fp32), "fp32", "bf16", "fp16"
     # --- LoRA ---
     lora_r: int
     lora_alpha: int
     lora_dropout: float
     lora_targets: tuple[str, ...] | None  # None = chosen from the architecture (models.lora_targets_for)
     # --- NF4 ---
-    nf4_compute_dtype: str  # "bfloat16" on GPUs with bf16; "float32" on CPUs without fast bf16
+    nf4_compute_dtype: str  # what NF4 matmuls dequantize to: "bfloat16", "float32", or "auto" (follows `precision`)
     # --- outputs ---
     adapter_dir_f32: str
     adapter_dir_nf4: str
@@ -66,102 +70,86 @@ class Config:
         return self.lr_head_only if variant == "head_only" else self.lr_lora
 
 
+# The tutorial on a GPU with the Hub: the reference setup (LoRA r=4, alpha=16, dropout 0.1 on every
+# attention and MLP projection; NF4 with double quantization and bf16 compute). The other profiles
+# are written as what they change.
+FULL = Config(
+    profile="full",
+    model_name="gpt2",
+    data_dir=None,
+    train_size=None,
+    val_size=1000,  # 4% of train; Wilson 95% interval about +-1.9 points at 90% accuracy
+    test_size=None,
+    max_length=512,  # the reference setting; most IMDB reviews fit, the longest are cut
+    prompt_suffix="",  # the reference setup: the review alone
+    epochs=1,
+    train_batch_size=16,
+    eval_batch_size=64,
+    lr_head_only=1e-3,  # a lone linear head on frozen features tolerates a large step
+    head_on_cached_features=True,  # same result as training through the frozen model, 1/epochs of its forward cost
+    head_epochs=10,
+    lr_lora=2e-4,  # the usual LoRA range is 1e-4..5e-4; not yet tuned on this setup
+    weight_decay=0.0,
+    evals_per_run=4,
+    checkpoint_every=0.1,  # a crash costs at most a tenth of the run
+    warmup_ratio=0.05,
+    precision="auto",  # bf16 mixed precision where the GPU or CPU computes bf16 natively, else fp32 (hardware.py)
+    lora_r=4,
+    lora_alpha=16,
+    lora_dropout=0.1,
+    lora_targets=None,  # GPT-2: c_attn, c_proj (attention and MLP), c_fc
+    nf4_compute_dtype="bfloat16",  # the reference's, for GPUs; "auto" follows `precision`
+    adapter_dir_f32="saved_f32_lora",
+    adapter_dir_nf4="saved_nf4_lora",
+    records_dir="results/full",
+    work_dir="runs/full",
+)
+
 PROFILES: dict[str, Config] = {
-    # The tutorial on a GPU with the Hub: the reference setup (LoRA r=4, alpha=16, dropout 0.1 on
-    # every attention and MLP projection; NF4 with double quantization and bf16 compute).
-    "full": Config(
-        profile="full",
-        model_name="gpt2",
-        data_dir=None,
-        train_size=None,
-        val_size=1000,  # 4% of train; Wilson 95% interval about +-1.9 points at 90% accuracy
-        test_size=None,
-        max_length=512,  # the reference setting; most IMDB reviews fit, the longest are cut
-        prompt_suffix="",  # the reference setup: the review alone
-        epochs=1,
-        train_batch_size=16,
-        eval_batch_size=64,
-        lr_head_only=1e-3,  # a lone linear head on frozen features tolerates a large step
-        head_on_cached_features=True,  # same result as training through the frozen model, 1/epochs of its forward cost
-        head_epochs=10,
-        lr_lora=2e-4,  # the usual LoRA range is 1e-4..5e-4; not yet tuned on this setup
-        weight_decay=0.0,
-        evals_per_run=4,
-        checkpoint_every=0.1,  # a crash costs at most a tenth of the run
-        warmup_ratio=0.05,
-        lora_r=4,
-        lora_alpha=16,
-        lora_dropout=0.1,
-        lora_targets=None,  # GPT-2: c_attn, c_proj (attention and MLP), c_fc
-        nf4_compute_dtype="bfloat16",
-        adapter_dir_f32="saved_f32_lora",
-        adapter_dir_nf4="saved_nf4_lora",
-        records_dir="results/full",
-        work_dir="runs/full",
-    ),
+    "full": FULL,
     # Real accuracy offline on 2 CPU cores: a pretrained LM of GPT-2's size (SmolLM2-135M, installed
     # from PyPI) on real IMDB reviews. Sized so that bench/accuracy (three variants and the TF-IDF
-    # baseline) targets 100 minutes here; measured: the notebook's run of it took 88.8 min (results/cpu/).
-    "cpu": Config(
+    # baseline) fits 100 minutes here; measured: 80.1 min (results/cpu/benchmark/accuracy_run.json).
+    "cpu": dataclasses.replace(
+        FULL,
         profile="cpu",
         model_name="smollm2-135m",
-        data_dir=None,  # IMDB_DATA_DIR
         train_size=1000,
         val_size=200,  # about +-4 points at 90%: enough to catch a diverging run, not to rank close settings
-        test_size=1000,  # about +-1.9 points at 90% (Wilson 95%); the issue's minimum
-        max_length=256,  # the issue's minimum; longer reviews are cut (the records count how many)
+        test_size=1000,  # about +-1.9 points at 90% (Wilson 95%)
+        max_length=256,  # longer reviews are cut (the records count how many)
         prompt_suffix="\nOverall, the sentiment of this review is",  # makes the last token, which the head reads, summarise the review
-        epochs=1,
         train_batch_size=8,  # 125 steps from 1,000 reviews
         eval_batch_size=32,
-        lr_head_only=1e-3,
-        head_on_cached_features=True,
         head_epochs=20,  # cached: 20 epochs of a 576x2 head cost under a second
         lr_lora=5e-4,  # short run (125 steps): the upper end of the usual range; bench/sweep: 2e-4 and 1e-3 no better
-        weight_decay=0.0,
         evals_per_run=1,  # one LoRA validation pass of 200 reviews took 121 s here
         checkpoint_every=0.25,
-        warmup_ratio=0.05,
-        lora_r=8,
-        lora_alpha=16,
+        lora_r=8,  # bench/sweep: rank 16 no better on validation
         # Off: drawing LoRA's dropout masks (7 per layer) was 20% of a training step on this CPU
         # (torch.profiler), and without it validation accuracy held (bench/sweep, README).
         lora_dropout=0.0,
-        lora_targets=None,  # Llama: q, k, v, o, gate, up, down projections
-        nf4_compute_dtype="float32",  # this CPU has no fast bf16: NF4 with bf16 compute ran at half the speed
-        adapter_dir_f32="saved_f32_lora",
-        adapter_dir_nf4="saved_nf4_lora",
+        nf4_compute_dtype="auto",  # float32 on CPUs without native bf16, where bf16 compute ran at half the speed
         records_dir="results/cpu",
         work_dir="runs/cpu",
     ),
     # CI and the offline run command: a tiny random GPT-2 and a few hundred real reviews, so that
     # every variant (NF4 included) goes through the same code in about a minute on 2 CPU cores.
     # It writes only under runs/smoke, never into the committed saved_*_lora folders.
-    "smoke": Config(
+    "smoke": dataclasses.replace(
+        FULL,
         profile="smoke",
         model_name="tiny-gpt2",
-        data_dir=None,  # IMDB_DATA_DIR when set (CI points it at shared/data/imdb)
         train_size=320,
         val_size=64,
         test_size=128,
         max_length=128,
-        prompt_suffix="",
-        epochs=1,
-        train_batch_size=16,
-        eval_batch_size=64,
         lr_head_only=5e-3,  # random features: a large step shows learning within 20 steps
-        head_on_cached_features=True,
         head_epochs=5,
         lr_lora=2e-3,
-        weight_decay=0.0,
-        evals_per_run=4,
         checkpoint_every=0.5,
         warmup_ratio=0.0,
-        lora_r=4,
-        lora_alpha=16,
-        lora_dropout=0.1,
-        lora_targets=None,
-        nf4_compute_dtype="float32",  # this CPU has no fast bf16 (measured 2x slower)
+        nf4_compute_dtype="auto",
         adapter_dir_f32="runs/smoke/saved_f32_lora",
         adapter_dir_nf4="runs/smoke/saved_nf4_lora",
         records_dir="runs/smoke/records",
@@ -169,7 +157,7 @@ PROFILES: dict[str, Config] = {
     ),
 }
 
-_DTYPES = ("float32", "bfloat16", "float16")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def resolve_profile(profile: str | None = None) -> str:
@@ -196,8 +184,40 @@ def make_config(profile: str | None = None, **overrides) -> Config:
     return cfg
 
 
+def check_types(cfg: Config) -> None:
+    """Reject a value of the wrong type (`--set lora_r=abc`) with the type the field needs."""
+    hints = typing.get_type_hints(Config)
+    for field in dataclasses.fields(Config):
+        value, expected = getattr(cfg, field.name), hints[field.name]
+        if not matches_type(value, expected):
+            wanted = " or ".join(type_name(t) for t in typing.get_args(expected) or (expected,))
+            raise ValueError(f"{field.name}={value!r}: must be {wanted}.")
+
+
+def matches_type(value, expected) -> bool:
+    """isinstance for the annotations Config uses: int, float (an int will do), str, bool, None, tuple[str, ...], unions."""
+    if isinstance(expected, types.UnionType):
+        return any(matches_type(value, t) for t in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if typing.get_origin(expected) is tuple:
+        return isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def type_name(expected) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "True or False", type(None): "None"}.get(
+        expected, "a list of names"
+    )
+
+
 def validate_config(cfg: Config) -> None:
     """Reject values that would fail later, after expensive work, with a message that says what to do."""
+    check_types(cfg)
     for name in ("train_size", "test_size"):
         value = getattr(cfg, name)
         if value is not None and value <= 0:
@@ -221,6 +241,8 @@ def validate_config(cfg: Config) -> None:
         raise ValueError(f"lora_dropout={cfg.lora_dropout}: must be in [0, 1).")
     if cfg.nf4_compute_dtype not in _DTYPES:
         raise ValueError(f"nf4_compute_dtype={cfg.nf4_compute_dtype!r}: choose one of {', '.join(_DTYPES)}.")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"precision={cfg.precision!r}: choose one of {', '.join(PRECISIONS)}.")
 
 
 def check_variant(variant: str) -> str:

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from peft_sentiment.hardware import cpu_features
 from peft_sentiment.metrics import expected_calibration_error, reliability
 
 LIBRARIES = ("torch", "transformers", "datasets", "peft", "bitsandbytes", "accelerate", "evaluate", "scikit-learn")
 # Keys every record has; tests and tables rely on them.
 RECORD_KEYS = (
-    "variant", "profile", "config", "model_path", "versions", "device", "params", "model_bytes", "metrics",
+    "variant", "profile", "config", "model", "versions", "device", "params", "model_bytes", "metrics",
     "train_seconds", "eval_seconds", "train_tokens", "eval_tokens", "train_tokens_per_s", "eval_tokens_per_s",
     "peak_memory_bytes", "log_history", "predictions", "created",
 )  # fmt: skip
@@ -40,7 +41,7 @@ def device_info() -> dict:
     """What ran the work: GPU name, or CPU model and core count."""
     if torch.cuda.is_available():
         return {"type": "cuda", "name": torch.cuda.get_device_name(), "count": torch.cuda.device_count()}
-    return {"type": "cpu", "name": cpu_name(), "cores": os.cpu_count()}
+    return {"type": "cpu", "name": cpu_name(), "cores": os.cpu_count(), "features": cpu_features()}
 
 
 def cpu_name() -> str:

@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,9 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from peft_sentiment.config import Config, check_variant, config_to_dict
 from peft_sentiment.data import strip_markup
+from peft_sentiment.hardware import resolve_precision
 from peft_sentiment.metrics import accuracy_interval, classification_metrics, compute_metrics, positive_probabilities
-from peft_sentiment.models import BUILDERS, count_parameters, make_bnb_config, make_lora_config
+from peft_sentiment.models import BUILDERS, check_trainable, count_parameters, make_bnb_config, make_lora_config, nf4_kernel
 from peft_sentiment.report import device_info, library_versions
 
 
@@ -156,7 +158,7 @@ def make_training_args(cfg: Config, variant: str, **overrides) -> TrainingArgume
     """The Trainer settings every variant shares; only the learning rate differs by variant."""
     check_variant(variant)
     on_gpu = torch.cuda.is_available()
-    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    precision = resolve_precision(cfg.precision)
     settings = dict(
         output_dir=str(Path(cfg.work_dir) / variant),
         num_train_epochs=cfg.epochs,
@@ -176,8 +178,9 @@ def make_training_args(cfg: Config, variant: str, **overrides) -> TrainingArgume
         save_strategy="steps",
         save_steps=cfg.checkpoint_every,
         save_total_limit=1,
-        bf16=bf16,  # mixed precision where the GPU has bf16; CPUs here have no fast bf16
-        fp16=on_gpu and not bf16,
+        # Mixed precision through the Trainer's autocast (on a CPU too); weights and optimizer state stay fp32.
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
         report_to="none",
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -213,6 +216,7 @@ def predict_in_order(trainer: Trainer, ds) -> tuple:
 
 def make_trainer(model, tokenizer, args: TrainingArguments, train_ds, eval_ds) -> Trainer:
     """A Trainer with dynamic padding (to a multiple of 8 on GPUs, for tensor cores)."""
+    check_trainable(model)
     collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
     return Trainer(
         model=model,
@@ -305,10 +309,11 @@ class FeatureHead(nn.Module):
 
 
 @torch.inference_mode()
-def extract_features(model, dataset, tokenizer, batch_size: int) -> tuple[torch.Tensor, dict]:
+def extract_features(model, dataset, tokenizer, batch_size: int, precision: str = "fp32") -> tuple[torch.Tensor, dict]:
     """The hidden state the head reads (last real token), one frozen forward pass per review, in dataset order.
 
-    Reviews go through in length order, so each batch pads to a near-equal length.
+    Reviews go through in length order, so each batch pads to a near-equal length. `precision` "bf16"
+    runs the pass under bf16 autocast, as the Trainer does for the other variants.
     """
     collator = DataCollatorWithPadding(tokenizer)
     backbone = model.base_model  # GPT2Model / LlamaModel: everything below the head
@@ -321,7 +326,7 @@ def extract_features(model, dataset, tokenizer, batch_size: int) -> tuple[torch.
     for start in tqdm(range(0, len(order), batch_size), desc="Frozen forward pass", unit="batch"):
         rows = order[start : start + batch_size]
         batch = collator([columns[i] for i in rows]).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             hidden = backbone(**batch).last_hidden_state
         mask = batch["attention_mask"]
         last = (mask * torch.arange(mask.shape[1], device=device)).argmax(-1)  # last real token, either padding side
@@ -331,7 +336,9 @@ def extract_features(model, dataset, tokenizer, batch_size: int) -> tuple[torch.
     return features, tokens
 
 
-def cached_features(model, dataset, tokenizer, batch_size: int, path: Path, reuse: bool) -> tuple[torch.Tensor, dict]:
+def cached_features(
+    model, dataset, tokenizer, batch_size: int, path: Path, reuse: bool, precision: str = "fp32"
+) -> tuple[torch.Tensor, dict]:
     """`extract_features`, saved to `path`; with `reuse`, loaded from it instead when it holds this very input.
 
     The key is the tokenized dataset's fingerprint (data, subset, tokenizer, max length, suffix) and
@@ -340,13 +347,16 @@ def cached_features(model, dataset, tokenizer, batch_size: int, path: Path, reus
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    key = {"dataset": dataset._fingerprint, "model": str(model.config.name_or_path)}
+    key = {"dataset": dataset._fingerprint, "model": str(model.config.name_or_path), "precision": precision}
     if reuse and path.is_file():
-        with safe_open(str(path), framework="pt") as stored:
-            meta = stored.metadata()
-            if {k: meta.get(k) for k in key} == key:
-                return stored.get_tensor("features"), json.loads(meta["tokens"])
-    features, tokens = extract_features(model, dataset, tokenizer, batch_size)
+        try:
+            with safe_open(str(path), framework="pt") as stored:
+                meta = stored.metadata()
+                if {k: meta.get(k) for k in key} == key:
+                    return stored.get_tensor("features"), json.loads(meta["tokens"])
+        except Exception as err:  # a damaged file (safetensors' own error type): computed again below
+            warnings.warn(f"Cached features {path} are unreadable ({err}); computing them again.", stacklevel=2)
+    features, tokens = extract_features(model, dataset, tokenizer, batch_size, precision)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: DDP ranks write the same features
     save_file({"features": features.contiguous()}, str(tmp), metadata=key | {"tokens": json.dumps(tokens)})
@@ -383,8 +393,10 @@ def split_features(cfg: Config, model, tokenizer, splits, names, resume: bool) -
     features, tokens, seconds = {}, {}, {}
     for name in names:
         start = time.perf_counter()
+        path = folder / f"features-{name}.safetensors"
+        precision = resolve_precision(cfg.precision)
         features[name], tokens[name] = cached_features(
-            model, splits[name], tokenizer, cfg.eval_batch_size, folder / f"features-{name}.safetensors", resume
+            model, splits[name], tokenizer, cfg.eval_batch_size, path, resume, precision
         )
         seconds[name] = time.perf_counter() - start
     return features, tokens, seconds
@@ -472,7 +484,9 @@ def train_variant(cfg: Config, variant: str, model, tokenizer, splits, resume: b
         "variant": variant,
         "profile": cfg.profile,
         "config": config_to_dict(cfg),
-        "model_path": str(model.config.name_or_path),
+        "model": cfg.model_name,
+        "precision": resolve_precision(cfg.precision),
+        "nf4_kernel": nf4_kernel(model),
         "versions": library_versions(),
         "device": device_info(),
         "params": count_parameters(model),

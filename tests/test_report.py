@@ -8,7 +8,7 @@ from peft_sentiment import report
 
 def fake_record(variant, accuracy, seconds, model_bytes):
     return {
-        "variant": variant, "profile": "smoke", "config": {"seed": 0}, "model_path": "m",
+        "variant": variant, "profile": "smoke", "config": {"seed": 0}, "model": "m",
         "versions": report.library_versions(), "device": report.device_info(),
         "params": {"trainable": 10, "total": 100}, "model_bytes": model_bytes,
         "metrics": {"accuracy": accuracy, "precision": 0.5, "recall": 0.5, "f1": 0.5, "roc_auc": 0.5,

@@ -1,0 +1,84 @@
+"""What this machine can do fast, and the choices that follow: mixed precision and bitsandbytes' CPU kernels.
+
+Libraries pick kernels by CPU feature: oneDNN runs bf16 matmuls about twice as fast as fp32 on CPUs
+with AVX512-BF16 or AMX, and bitsandbytes packs 4-bit weights into a bf16 layout for inference on
+them. Everything that depends on those features reads them here, so a test can force either answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo names of the instructions that make bf16 fast
+REPORTED_FLAGS = ("avx2", "avx512f", *NATIVE_BF16_FLAGS)
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not there)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 matmul instructions (AVX512-BF16 or AMX), where bf16 beats fp32."""
+    return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
+
+
+def resolve_precision(precision: str = "auto") -> str:
+    """The precision a run trains in: `auto` is bf16 where the hardware has it (GPU or CPU), fp16 on older GPUs, else fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}.")
+    if precision != "auto":
+        return precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def resolve_compute_dtype(dtype: str, precision: str) -> str:
+    """NF4's compute dtype: `auto` follows the run's precision (bfloat16 when it trains in bf16, else float32)."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if resolve_precision(precision) == "bf16" else "float32"
+
+
+def describe_precision(precision: str) -> str:
+    """One line saying what `precision` resolved to on this machine, and why."""
+    chosen = resolve_precision(precision)
+    if precision != "auto":
+        return f"precision {chosen} (set in the config)"
+    if torch.cuda.is_available():
+        why = f"{torch.cuda.get_device_name()} {'has' if chosen == 'bf16' else 'lacks'} bf16"
+    else:
+        present = [f for f in NATIVE_BF16_FLAGS if f in cpu_flags()]
+        why = f"CPU with {', '.join(present)}" if present else f"CPU without {' or '.join(NATIVE_BF16_FLAGS)}"
+    return f"precision {chosen} (auto: {why})"
+
+
+def cpu_features() -> dict[str, bool]:
+    """The CPU features that change which kernels run here, for records."""
+    flags = cpu_flags()
+    return {flag: flag in flags for flag in REPORTED_FLAGS}
+
+
+def quiet_bitsandbytes_kernel_hub() -> None:
+    """Keep bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" out of the output.
+
+    On CPUs with AVX512-BF16, importing bitsandbytes tries the `kernels` package, which downloads
+    kernels from the Hub at run time; without it, bitsandbytes uses its own (bundled) kernel and
+    logs a warning that asks the user to install `kernels`. This project installs nothing that
+    fetches code at run time, so the warning is expected and says nothing a user must act on.
+    """
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda record: "kernels-community" not in record.getMessage())
