@@ -131,7 +131,7 @@ def worker_config(args):
         train_batch_size=args.batch,
         eval_batch_size=args.eval_batch,
         head_epochs=args.head_epochs,
-        nf4_compute_dtype="auto",  # bf16 where the run trains in bf16 (a GPU, a CPU with native bf16), else fp32
+        nf4_compute_dtype="bfloat16" if torch.cuda.is_available() else "float32",  # this CPU has no fast bf16
         work_dir=tempfile.mkdtemp(prefix="throughput-"),
         records_dir=tempfile.mkdtemp(prefix="throughput-records-"),
     )

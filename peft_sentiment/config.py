@@ -52,7 +52,7 @@ class Config:
     lora_dropout: float
     lora_targets: tuple[str, ...] | None  # None = chosen from the architecture (models.lora_targets_for)
     # --- NF4 ---
-    nf4_compute_dtype: str  # what NF4 matmuls dequantize to: "bfloat16", "float32", or "auto" (follows `precision`)
+    nf4_compute_dtype: str  # what NF4 matmuls dequantize to: "bfloat16" (GPUs) or "float32"
     # --- outputs ---
     adapter_dir_f32: str
     adapter_dir_nf4: str
@@ -98,7 +98,7 @@ FULL = Config(
     lora_alpha=16,
     lora_dropout=0.1,
     lora_targets=None,  # GPT-2: c_attn, c_proj (attention and MLP), c_fc
-    nf4_compute_dtype="bfloat16",  # the reference's, for GPUs; "auto" follows `precision`
+    nf4_compute_dtype="bfloat16",  # the reference's, for GPUs
     adapter_dir_f32="saved_f32_lora",
     adapter_dir_nf4="saved_nf4_lora",
     records_dir="results/full",
@@ -129,7 +129,9 @@ PROFILES: dict[str, Config] = {
         # Off: drawing LoRA's dropout masks (7 per layer) was 20% of a training step on this CPU
         # (torch.profiler), and without it validation accuracy held (bench/sweep, README).
         lora_dropout=0.0,
-        nf4_compute_dtype="auto",  # float32 on CPUs without native bf16, where bf16 compute ran at half the speed
+        # fp32 on this CPU (no native bf16: bf16 compute ran at half the speed); under bf16 autocast
+        # (precision auto on a CPU with AVX512-BF16) the dequantized matmuls run in bf16 all the same
+        nf4_compute_dtype="float32",
         records_dir="results/cpu",
         work_dir="runs/cpu",
     ),
@@ -149,7 +151,7 @@ PROFILES: dict[str, Config] = {
         lr_lora=2e-3,
         checkpoint_every=0.5,
         warmup_ratio=0.0,
-        nf4_compute_dtype="auto",
+        nf4_compute_dtype="float32",  # as cpu
         adapter_dir_f32="runs/smoke/saved_f32_lora",
         adapter_dir_nf4="runs/smoke/saved_nf4_lora",
         records_dir="runs/smoke/records",
@@ -157,7 +159,7 @@ PROFILES: dict[str, Config] = {
     ),
 }
 
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_profile(profile: str | None = None) -> str:
@@ -253,8 +255,10 @@ def check_variant(variant: str) -> str:
 
 
 def config_to_dict(cfg: Config) -> dict:
-    """The config as plain JSON-ready data."""
+    """The config as plain JSON-ready data (data_dir relative to the working folder)."""
     data = dataclasses.asdict(cfg)
+    if data["data_dir"] is not None and os.path.isabs(data["data_dir"]):
+        data["data_dir"] = os.path.relpath(data["data_dir"])  # records name no machine's folders
     if data["lora_targets"] is not None:
         data["lora_targets"] = list(data["lora_targets"])
     return data

@@ -47,13 +47,6 @@ def resolve_precision(precision: str = "auto") -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def resolve_compute_dtype(dtype: str, precision: str) -> str:
-    """NF4's compute dtype: `auto` follows the run's precision (bfloat16 when it trains in bf16, else float32)."""
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if resolve_precision(precision) == "bf16" else "float32"
-
-
 def describe_precision(precision: str) -> str:
     """One line saying what `precision` resolved to on this machine, and why."""
     chosen = resolve_precision(precision)

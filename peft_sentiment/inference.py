@@ -97,7 +97,8 @@ def model_card(meta: dict, record: dict | None) -> str:
         f"- Base model: `{base}`" + (f", project short name `{meta['base_model']}`" if meta["base_model"] != base else ""),
         *([f"- Base weights: {source}"] if source else []),
         f"- Profile: `{meta['profile']}`, max length {meta['max_length']} tokens, labels {meta['labels']}",
-        f"- Quantization of the base: {'NF4 (bitsandbytes 4-bit, double quantization)' if meta['quantization'] else 'none (fp32)'}",
+        f"- Quantization of the base: {'NF4 (bitsandbytes 4-bit, double quantization)' if meta['quantization'] else 'none (fp32)'}; "
+        f"trained in {meta.get('precision', 'fp32')}",
     ]
     if record:
         cfg, m = record["config"], record["metrics"]
@@ -118,7 +119,12 @@ def model_card(meta: dict, record: dict | None) -> str:
         ]
         if record.get("command"):
             lines += ["", f"Reproduce: `{record['command']}`"]
-    lines += ["", "Load it with `peft_sentiment.inference.load_adapter(folder)`.", ""]
+    lines += [
+        "",
+        "Load it with `peft_sentiment.inference.load_adapter(folder)` (it encodes reviews as training did), or with "
+        "`peft.AutoPeftModelForSequenceClassification.from_pretrained(folder)` where the base model resolves.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -153,12 +159,13 @@ def check_adapter_dir(adapter_dir: str) -> dict:
     return json.loads((folder / META_FILE).read_text())
 
 
-def load_adapter(adapter_dir: str, model_path: str | None = None, quantized: bool = True, cpu_inference_kernel: bool = True):
+def load_adapter(adapter_dir: str, model_path: str | None = None, quantized: bool = True, cpu_inference_kernel: bool = False):
     """The base model with the adapter at `adapter_dir` applied (quantized again if it was), and its tokenizer.
 
-    `quantized=False` loads an NF4 adapter's base in fp32 (for merging). `cpu_inference_kernel` lets
-    an NF4 base use bitsandbytes' packed bf16 kernel on CPUs with AVX512-BF16 (1.28x faster, logits
-    within ~0.025; `models.nf4_kernel` says which ran); off, it computes as training did.
+    `quantized=False` loads an NF4 adapter's base in fp32 (for merging). By default the model computes
+    as it did in training, so it reproduces its record; `cpu_inference_kernel=True` lets an NF4 base use
+    bitsandbytes' packed bf16 kernel on CPUs with AVX512-BF16 (predicting 1.28x faster there, logits
+    within ~0.025; `models.nf4_kernel` says which ran). The model must not be trained then.
     """
     meta = check_adapter_dir(adapter_dir)
     if model_path is None:  # a model built here (tiny-gpt2: from its reviews) by its folder, else the name resolved here

@@ -24,7 +24,6 @@ from transformers import (
 
 from peft_sentiment.config import Config
 from peft_sentiment.data import LABEL_NAMES
-from peft_sentiment.hardware import resolve_compute_dtype
 
 CACHE_ENV = "PEFT_SENTIMENT_CACHE"
 # Short names that every profile, the notebook and the tests accept in place of a Hub id.
@@ -227,12 +226,12 @@ def make_lora_config(cfg: Config, model_path: str) -> LoraConfig:
 
 
 def make_bnb_config(cfg: Config) -> BitsAndBytesConfig:
-    """4-bit NF4 with double quantization and the profile's compute dtype ("auto": bf16 when the run trains in bf16)."""
+    """4-bit NF4 with double quantization and the profile's compute dtype."""
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=getattr(torch, resolve_compute_dtype(cfg.nf4_compute_dtype, cfg.precision)),
+        bnb_4bit_compute_dtype=getattr(torch, cfg.nf4_compute_dtype),
     )
 
 
@@ -353,22 +352,26 @@ def allow_cpu_inference_kernel(model, allowed: bool) -> int:
     construction; models that train are loaded with it off, so no evaluation can pack them.
     Allowed, the packed kernel predicts 1.28x faster there (in bf16: logits move by up to 0.025).
     """
-    import bitsandbytes as bnb
     from bitsandbytes.functional import has_avx512bf16
 
-    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    layers = layers_4bit(model)
     for layer in layers:
         layer.support_avx512bf16_for_cpu = allowed and has_avx512bf16()
     return len(layers)
 
 
+def layers_4bit(model) -> list:
+    """The bitsandbytes 4-bit layers of `model` (peft's wrappers, which share the name, excluded); none without bitsandbytes."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+
 def packed_4bit_layers(model) -> int:
     """How many 4-bit layers bitsandbytes has switched to its packed CPU inference layout."""
-    return sum(
-        bool(getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False))
-        for m in model.modules()
-        if type(m).__name__ == "Linear4bit"
-    )
+    return sum(bool(getattr(m.weight.quant_state, "packing_format_for_cpu", False)) for m in layers_4bit(model))
 
 
 def check_trainable(model) -> None:
@@ -383,7 +386,7 @@ def check_trainable(model) -> None:
 
 def nf4_kernel(model) -> str | None:
     """Which 4-bit matmul ran in `model` (None without 4-bit layers): for records."""
-    if not any(type(m).__name__ == "Linear4bit" for m in model.modules()):
+    if not layers_4bit(model):
         return None
     if packed_4bit_layers(model):
         return "bitsandbytes packed bf16 CPU kernel (AVX512-BF16)"

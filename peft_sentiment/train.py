@@ -487,6 +487,7 @@ def train_variant(cfg: Config, variant: str, model, tokenizer, splits, resume: b
         "model": cfg.model_name,
         "precision": resolve_precision(cfg.precision),
         "nf4_kernel": nf4_kernel(model),
+        "attn_implementation": getattr(model.config, "_attn_implementation", None),  # sdpa, eager, ...
         "versions": library_versions(),
         "device": device_info(),
         "params": count_parameters(model),

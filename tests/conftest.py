@@ -130,6 +130,24 @@ def bnb_config(toy_cfg):
     return make_bnb_config(toy_cfg)
 
 
+@pytest.fixture
+def force_bf16_cpu_kernels(monkeypatch):
+    """A function that makes bitsandbytes behave as on a CPU with AVX512-BF16, whatever this CPU has.
+
+    Its 4-bit layers read has_avx512bf16() when built; True, they pack their weights for the CPU
+    inference kernel on the first eval-mode forward without gradients (the packing itself is plain
+    torch, so it runs on every CPU; the packed matmul then runs bitsandbytes' fallback here).
+    """
+    import bitsandbytes.functional
+    import bitsandbytes.nn.modules
+
+    def force():
+        monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
+        monkeypatch.setattr(bitsandbytes.functional, "has_avx512bf16", lambda: True)
+
+    return force
+
+
 def load_bench(name: str):
     """A bench/ script imported as a module (bench/ is not a package), to test its functions."""
     import importlib.util

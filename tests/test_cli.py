@@ -72,6 +72,17 @@ def test_bad_input_exits_2_with_a_message(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--profile", "smoke", "--variants", "prefix"])
     assert exit_info.value.code == 2
+    assert main(["train", "--profile", "smoke", "--set", "lora_r=abc"]) == 2
+    assert "lora_r='abc': must be an integer" in capsys.readouterr().err
+
+
+def test_a_damaged_adapter_exits_2_with_a_message(capsys, tmp_path, toy_imdb_dir):
+    assert main(["train", "--profile", "smoke", "--variants", "lora", *sets(toy_overrides(toy_imdb_dir, tmp_path))]) == 0
+    weights = tmp_path / "f32" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a copy cut short
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "f32"), "a fine film"]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
 
 
 def run_cli(args, **kwargs):
@@ -131,3 +142,38 @@ def test_two_process_ddp_training_records_and_saves_once(launcher, toy_imdb_dir,
     assert max(e["step"] for e in record["log_history"]) == 96 // (16 * 2)
     saved = sorted(p.name for p in tmp_path.iterdir())
     assert "f32" in saved and not [name for name in saved if name.startswith(".")], "saved once, no leftovers"
+
+
+def test_the_full_profile_runs_on_the_tiny_model(toy_imdb_dir, tmp_path):
+    """The GPU user's configuration, with only the model and sizes swapped (and bf16, which `auto` picks on a GPU).
+
+    bf16 mixed precision, NF4 computing in bf16, LoRA dropout, four validation passes per run and
+    checkpoints, then each saved adapter reloaded and predicting what its record says.
+    """
+    from peft_sentiment import data, inference
+    from peft_sentiment.cli import run_training
+    from peft_sentiment.config import config_to_dict, make_config
+
+    swapped = dict(model_name="tiny-gpt2", data_dir=str(toy_imdb_dir), train_size=128, val_size=32, test_size=32, max_length=32)
+    outputs = dict(adapter_dir_f32=str(tmp_path / "f32"), adapter_dir_nf4=str(tmp_path / "nf4"),
+                   records_dir=str(tmp_path / "records"), work_dir=str(tmp_path / "work"))  # fmt: skip
+    cfg = make_config("full", **swapped, **outputs, precision="bf16")
+    full = config_to_dict(make_config("full"))
+    assert {k for k, v in config_to_dict(cfg).items() if v != full[k]} == {*swapped, *outputs, "precision"}
+
+    records = {r["variant"]: r for r in run_training(cfg)}
+    test = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))["test"]
+    for variant in ("lora", "nf4_lora"):
+        record = records[variant]
+        assert record["precision"] == "bf16" and record["config"]["lora_dropout"] == 0.1
+        assert sum("eval_accuracy" in e for e in record["log_history"]) == 4
+        assert list((tmp_path / "work" / variant).glob("checkpoint-*/adapter_model.safetensors"))
+        model, tokenizer = inference.load_adapter(cfg.adapter_dir(variant))
+        meta = inference.check_adapter_dir(cfg.adapter_dir(variant))
+        assert meta["precision"] == "bf16"
+        out = inference.predict_reviews(model, tokenizer, test["text"], cfg.max_length, cfg.prompt_suffix)
+        # evaluated under bf16 autocast, predicted here in fp32: the same up to bf16 rounding
+        assert inference.pos_probabilities(out) == pytest.approx(record["predictions"], abs=0.02)
+    assert records["nf4_lora"]["nf4_kernel"] == "dequantize to the compute dtype, then matmul"
+    nf4_meta = inference.check_adapter_dir(cfg.adapter_dir_nf4)
+    assert nf4_meta["quantization"]["bnb_4bit_compute_dtype"] == "bfloat16"

@@ -58,6 +58,58 @@ def test_model_card_states_base_profile_and_quantization(saved):
     assert "base_model: tiny-gpt2" in card and "Profile: `smoke`" in card and "NF4" in card
 
 
+def test_model_card_parses_and_names_no_machine_path(saved, tmp_path):
+    from huggingface_hub import ModelCard
+
+    folder = saved["lora"][1]
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "peft" and card.data.base_model == "tiny-gpt2" and card.data.datasets == ["stanfordnlp/imdb"]
+    assert str(tmp_path.anchor + "tmp") not in card.text and "/pytest-" not in card.text
+    # a base with a Hub id is recorded by it, for AutoPeftModel, and the card says where its weights came from
+    from peft_sentiment import models
+
+    assert models.hub_base_model("smollm2-135m", "/any/cache/smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert models.hub_base_model("gpt2", "gpt2") == "gpt2"
+    smollm2 = {"variant": "lora", "base_model": "smollm2-135m", "hub_base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
+               "profile": "cpu", "max_length": 256, "labels": ["neg", "pos"], "quantization": None}  # fmt: skip
+    card = ModelCard(inference.model_card(smollm2, None))
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and "Q4_1 GGUF" in card.text
+
+
+@pytest.mark.parametrize("variant", ["lora", "nf4_lora"])
+def test_auto_peft_model_loads_the_adapter_where_its_base_resolves(saved, variant, tokenizer):
+    """Without this project: peft's own loader finds the base named in adapter_config.json (here, a local folder)."""
+    from peft import AutoPeftModelForSequenceClassification
+
+    model, folder = saved[variant]
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["modules_to_save"] == ["classifier", "score"]  # once each (peft adds them to the config it gets)
+    kwargs = {}
+    if variant == "nf4_lora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig.from_dict(inference.check_adapter_dir(folder)["quantization"])
+    plain = AutoPeftModelForSequenceClassification.from_pretrained(folder, **kwargs).eval()
+    ids = tokenizer(["the movie was great"], return_tensors="pt")  # one review: no padding, so no pad id needed
+    with torch.no_grad():
+        plain_logits, logits = plain(**ids).logits, model(**ids).logits
+    if variant == "lora":  # stock GELU there, the project's fused one here: the same function
+        torch.testing.assert_close(plain_logits, logits, rtol=1e-5, atol=1e-5)
+    else:  # peft's loader keeps the embeddings in fp32, where the project stores NF4's in bf16
+        torch.testing.assert_close(plain_logits, logits, rtol=0.1, atol=0.05)
+
+
+def test_nf4_adapter_reloads_as_trained_unless_the_cpu_kernel_is_asked_for(saved, force_bf16_cpu_kernels):
+    from peft_sentiment import models
+
+    force_bf16_cpu_kernels()  # as on a CPU with AVX512-BF16
+    folder = saved["nf4_lora"][1]
+    for allowed, kernel in ((False, "dequantize to the compute dtype, then matmul"), (True, "packed bf16")):
+        model, tokenizer = inference.load_adapter(folder, cpu_inference_kernel=allowed)
+        inference.predict_reviews(model, tokenizer, ["a good film"], 32)
+        assert kernel in models.nf4_kernel(model)
+
+
 def test_predict_reviews_keeps_order_and_gives_probabilities(saved, tokenizer):
     model, _ = saved["lora"]
     texts = ["good"] * 3 + ["awful dull"] * 3

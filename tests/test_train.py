@@ -195,3 +195,47 @@ def test_peak_memory_samples_rss_or_what_it_is_given():
     with train.PeakMemory(interval_s=0.001, read=lambda: next(values)) as freed:
         time.sleep(0.05)
     assert freed.peak_bytes - freed.start_bytes == 0  # a block that only frees added nothing, not a negative
+
+
+def test_forced_bf16_cpu_detection_really_packs_an_inference_model(
+    force_bf16_cpu_kernels, tiny_model_path, tokenizer, toy_tokenized, bnb_config
+):
+    """The control for the test below: without the guard, one evaluation pass packs every 4-bit layer."""
+    from peft_sentiment import models
+
+    force_bf16_cpu_kernels()
+    model = models.load_classifier(tiny_model_path, tokenizer.pad_token_id, bnb_config, cpu_inference_kernel=True)
+    batch = DataCollatorWithPadding(tokenizer)([toy_tokenized["test"].select_columns(["input_ids", "attention_mask"])[0]])
+    with torch.no_grad():
+        model.eval()(**batch)
+    assert models.packed_4bit_layers(model) == 2 * 4
+    assert "packed bf16" in models.nf4_kernel(model)
+    with pytest.raises(RuntimeError, match="packed for CPU inference"):
+        models.check_trainable(model)
+
+
+def test_nf4_evaluate_then_train_on_a_bf16_cpu_equals_an_unpacked_run(
+    force_bf16_cpu_kernels, toy_cfg, tiny_model_path, tokenizer, toy_tokenized, lora_config, bnb_config
+):
+    """The project's evaluate-then-train sequence (mid-run validation, an untrained baseline) trains the same on both CPUs."""
+    from peft_sentiment import models
+
+    def evaluate_then_train():
+        model = build_variant("nf4_lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config, bnb_config=bnb_config)
+        start = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+        args = make_training_args(toy_cfg, "nf4_lora", max_steps=4, eval_strategy="no", save_strategy="no", warmup_steps=0)
+        trainer = make_trainer(model, tokenizer, args, toy_tokenized["train"], toy_tokenized["validation"])
+        trainer.evaluate()
+        trainer.train()
+        assert models.packed_4bit_layers(model) == 0
+        trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return trained, start
+
+    unpacked, start = evaluate_then_train()  # this machine's own detection: no AVX512-BF16 here, or nothing packs anyway
+    force_bf16_cpu_kernels()
+    on_bf16_cpu, _ = evaluate_then_train()
+    # lora_B starts at zero; each one moved, so the gradient reached every quantized layer, the lowest included
+    assert len(start) == 2 * 4 and all(not torch.equal(on_bf16_cpu[n], start[n]) for n in start)
+    assert on_bf16_cpu.keys() == unpacked.keys()
+    for name in unpacked:
+        assert torch.equal(on_bf16_cpu[name], unpacked[name]), name
