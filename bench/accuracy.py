@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from peft_sentiment import VARIANTS, data, report, train
-from peft_sentiment.cli import parse_overrides, run_training
-from peft_sentiment.config import config_to_dict, make_config
+from peft_sentiment import VARIANTS, data, recording, report, train
+from peft_sentiment.config import config_to_dict, make_config, parse_overrides
+from peft_sentiment.pipeline import run_training
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
 
     baseline = train.train_tfidf_baseline(splits, cfg.seed)
     baseline["command"] = command
-    report.write_json_atomic(baseline, Path(cfg.records_dir) / "baselines" / "tfidf_logreg.json")
+    recording.write_json_atomic(baseline, Path(cfg.records_dir) / "baselines" / "tfidf_logreg.json")
     print(f"TF-IDF + LR: {baseline['metrics']['accuracy']:.4f} (C={baseline['C']}, {baseline['train_seconds']:.1f} s)")
 
     if args.baseline_only:
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     print(f"variants to run: {todo} (recorded already: {sorted(set(args.variants) - set(todo))})")
     run_training(cfg, todo, resume=args.resume, command=command, splits=splits)
 
-    records = report.read_records(cfg.records_dir)
+    records = recording.read_records(cfg.records_dir)
     fig = report.plot_accuracy_vs_cost(records, [baseline])
     fig.savefig(Path(cfg.records_dir) / "accuracy_vs_cost.png", dpi=120)
     print(report.markdown_table(records))
@@ -66,12 +66,12 @@ def main(argv=None) -> int:
     run = {
         "command": command,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": report.device_info(),
+        "device": recording.device_info(),
         "variants": todo,
         "resumed": args.resume,
         "total_seconds": time.perf_counter() - started,
     }
-    report.write_json_atomic(run, Path(cfg.records_dir) / report.ACCURACY_RUN_FILE)
+    recording.write_json_atomic(run, Path(cfg.records_dir) / recording.ACCURACY_RUN_FILE)
     print(f"total {run['total_seconds']:.0f} s ({run['total_seconds'] / 60:.1f} min)")
     return 0
 

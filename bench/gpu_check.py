@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
-from peft_sentiment import VARIANTS, cost, data, hardware, models, report, train
-from peft_sentiment.cli import run_training  # the one pipeline function (may move to peft_sentiment.pipeline)
+from peft_sentiment import VARIANTS, cost, data, hardware, models, recording
 from peft_sentiment.config import config_to_dict, make_config
+from peft_sentiment.pipeline import run_training  # the one pipeline function
 
 # Settings. GPU: bf16 (NF4 computes in bfloat16) and ~6 min of training and evaluation at the rates below,
 # so a 1.5x slower GPU still ends within 10. Dry run: the tiny model (256 positions, hence max_length 128) on a
@@ -99,7 +99,7 @@ def estimate_seconds(cfg, variants, lengths: dict) -> float:
 
 def count_model(cfg, variant: str, model_path: str, tokenizer) -> tuple[dict, tuple]:
     """Matmul weights and (layers, hidden) of `variant`, built as run_training builds it."""
-    model = train.build_configured_variant(cfg, variant, model_path, tokenizer)
+    model = models.build_configured_variant(cfg, variant, model_path, tokenizer)
     counts = cost.matmul_params(model), cost.attention_shape(model)
     del model
     gc.collect()  # the next variant's peak memory must not include this model, nor the last pipeline run's
@@ -137,7 +137,7 @@ def format_table(variants: dict) -> str:
     head = f"{'variant':<10} {'train tok/s':>12} {'eval tok/s':>12} {'train MFU':>10} {'eval MFU':>9}"
     head += f" {'train peak MB':>14} {'train s':>8}"
     rows = [
-        f"{report.VARIANT_LABELS[v]:<10} {r['train_tokens_per_s']:>12,.0f} {r['eval_tokens_per_s']:>12,.0f}"
+        f"{recording.VARIANT_LABELS[v]:<10} {r['train_tokens_per_s']:>12,.0f} {r['eval_tokens_per_s']:>12,.0f}"
         f" {r['train_mfu']:>10.2%} {r['eval_mfu']:>9.2%}"
         f" {r['peak_memory_bytes']['train'] / 1e6:>14,.0f} {r['train_seconds']:>8.1f}"
         for v, r in variants.items()
@@ -147,7 +147,7 @@ def format_table(variants: dict) -> str:
 
 def make_record(cfg, args, command: str, matmul_peak: dict, results: dict, estimate: float, seconds: float) -> dict:
     """The check's one record: what ran where, the per-variant figures, and the attention the model really used."""
-    device = report.device_info()
+    device = recording.device_info()
     implementations = sorted({r["attn_implementation"] for r in results.values()})
     nominal = next((flops for name, flops in NOMINAL_PEAKS.items() if name in device["name"]), None)
     return {
@@ -155,7 +155,7 @@ def make_record(cfg, args, command: str, matmul_peak: dict, results: dict, estim
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dry_run": args.dry_run,
         "device": device,
-        "versions": report.library_versions(),
+        "versions": recording.library_versions(),
         "config": config_to_dict(cfg),
         "precision": hardware.resolve_precision(cfg.precision),
         "attn_implementation": implementations[0] if len(implementations) == 1 else implementations,
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     settings = SETTINGS["dry_run" if args.dry_run else "gpu"] | {
         k: v for k, v in vars(args).items() if k in SIZE_OPTIONS and v is not None
     }
-    out = Path(args.out or f"results/gpu_check/{report.device_info()['type']}{'-dry-run' if args.dry_run else ''}.json")
+    out = Path(args.out or f"results/gpu_check/{recording.device_info()['type']}{'-dry-run' if args.dry_run else ''}.json")
     cfg = make_check_config(args, settings, records_dir=out.with_name(out.stem + "-records"))
     splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
     model_path, tokenizer, lengths = tokenize_like_pipeline(cfg, splits)
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
         print(f"[{i}/{len(args.variants)}] {variant} done: {minutes:.1f} min elapsed (estimate {estimate / 60:.1f})", flush=True)
     matmul_peak = {"flops": peak, "n": n, "dtype": dtype_name, "measured": "this run, best of 10"}
     summary = make_record(cfg, args, command, matmul_peak, results, estimate, time.perf_counter() - started)
-    report.write_json_atomic(summary, out)
+    recording.write_json_atomic(summary, out)
     print(format_table(results))
     print(f"attention: {summary['attn_implementation']}; precision {summary['precision']}; wrote {out}")
     if summary["attention_note"]:

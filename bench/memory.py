@@ -37,7 +37,7 @@ import psutil
 import torch
 from transformers import AutoConfig
 
-from peft_sentiment import VARIANTS, cost, models, report, train
+from peft_sentiment import VARIANTS, cost, models, recording, report, train
 from peft_sentiment.config import make_config
 
 DEFAULT_MODELS = ("gpt2-random", "gpt2-medium-random", "gpt2-large-random", "gpt2-xl-random")
@@ -114,7 +114,7 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     model_path = models.resolve_model(model_name)
     tokenizer = models.load_tokenizer(model_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = train.build_configured_variant(cfg, variant, model_path, tokenizer)
+    model = models.build_configured_variant(cfg, variant, model_path, tokenizer)
     if variant != "nf4_lora":  # NF4 is placed on its device when it loads
         model.to(device)
     generator = torch.Generator().manual_seed(0)
@@ -203,7 +203,7 @@ def memory_section(record: dict) -> str:
     for run in record["runs"]:
         if "skipped" in run:
             lines.append(
-                f"| {run['model'].removesuffix('-random')} | | {report.VARIANT_LABELS[run['variant']]} | skipped: {run['skipped']} |"
+                f"| {run['model'].removesuffix('-random')} | | {recording.VARIANT_LABELS[run['variant']]} | skipped: {run['skipped']} |"
             )
             continue
         e = summarize(run)
@@ -212,7 +212,7 @@ def memory_section(record: dict) -> str:
             measured = run.get("measured_added_heap_bytes")
             heap_cell = "| - " if not measured else f"| {measured / 1e6:,.0f} ({e['added_heap_error']:+.0%}) "
         lines.append(
-            f"| {run['model'].removesuffix('-random')} | {run['params'] / 1e6:,.0f}M | {report.VARIANT_LABELS[run['variant']]} "
+            f"| {run['model'].removesuffix('-random')} | {run['params'] / 1e6:,.0f}M | {recording.VARIANT_LABELS[run['variant']]} "
             f"| {run['estimate']['weights'] / 1e6:,.0f} / {run['model_bytes'] / 1e6:,.0f} "
             f"| {run['estimated_added_bytes'] / 1e6:,.0f} / {run['measured_added_bytes'] / 1e6:,.0f} ({e['added_error']:+.0%}) "
             + heap_cell
@@ -232,8 +232,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     record = {
         "command": "python " + shlex.join(["bench/memory.py", *argv]),
-        "device": report.device_info(),
-        "versions": report.library_versions(),
+        "device": recording.device_info(),
+        "versions": recording.library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {"batch": args.batch, "seq_len": args.seq_len},
         "runs": [],
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
                   f"{run['estimated_added_bytes'] / 1e6:,.0f} MB estimated ({summarize(run)['added_error']:+.0%})", flush=True)  # fmt: skip
     record["total_seconds"] = time.perf_counter() - started
     out = Path(args.out or f"results/memory/{record['device']['type']}.json")
-    report.write_json_atomic(record, out)
+    recording.write_json_atomic(record, out)
     section = memory_section(record)
     print(section)
     if args.readme:

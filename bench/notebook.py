@@ -20,7 +20,7 @@ import nbformat
 import psutil
 from nbclient import NotebookClient
 
-from peft_sentiment import report
+from peft_sentiment import recording
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "project_peft.ipynb"
@@ -36,11 +36,11 @@ def git_commit() -> str:
 
 def stamp_cell(profile: str, started: float, seconds: float, command: str, commit: str) -> nbformat.NotebookNode:
     """A markdown cell saying how the outputs below were produced."""
-    device = report.device_info()
+    device = recording.device_info()
     machine = device["name"] + (
         f", {device['cores']} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB" if device["type"] == "cpu" else ""
     )
-    versions = report.library_versions()
+    versions = recording.library_versions()
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
     text = (
         f"> **The outputs below come from one top-to-bottom run**: profile `{profile}`, started {when}, "

@@ -24,9 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from peft_sentiment import VARIANTS, data, models, report, train
-from peft_sentiment.cli import parse_overrides
-from peft_sentiment.config import config_to_dict, make_config
+from peft_sentiment import VARIANTS, data, models, recording, report, train
+from peft_sentiment.config import config_to_dict, make_config, parse_overrides
 
 LR_FIELD = {"head_only": "lr_head_only", "lora": "lr_lora", "nf4_lora": "lr_lora"}
 
@@ -84,8 +83,8 @@ def sweep_record(cfg, variant: str, lr: float, trainer, train_output, seconds: f
         "train_seconds": seconds,  # wall time of train(), validation passes included
         "peak_memory_bytes": {"train": memory.peak_bytes},
         "log_history": trainer.state.log_history,
-        "device": report.device_info(),
-        "versions": report.library_versions(),
+        "device": recording.device_info(),
+        "versions": recording.library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": command,
     }
@@ -95,7 +94,7 @@ def sweep_lora(base, variant, rates, evals, tokenized, model_path, tokenizer, re
     records = []
     for lr in rates:
         cfg = run_config(base, variant, lr, evals)
-        model = train.build_configured_variant(cfg, variant, model_path, tokenizer)
+        model = models.build_configured_variant(cfg, variant, model_path, tokenizer)
         args = train.make_training_args(cfg, variant)
         trainer = train.make_trainer(model, tokenizer, args, tokenized["train"], tokenized["validation"])
         output, seconds, memory, checkpoint = train.fit(trainer, resume)
@@ -106,7 +105,7 @@ def sweep_lora(base, variant, rates, evals, tokenized, model_path, tokenizer, re
 
 def sweep_head(base, rates, evals, tokenized, model_path, tokenizer, command) -> list[dict]:
     """One frozen pass (measured, not read from a cache), then a fresh head per learning rate."""
-    model = train.build_variant("head_only", model_path, tokenizer, seed=base.seed)
+    model = models.build_variant("head_only", model_path, tokenizer, seed=base.seed)
     model.to(train.make_training_args(base, "head_only").device)  # the frozen pass runs on the GPU when there is one
     initial_head = copy.deepcopy(model.score.state_dict())
     labels = {name: tokenized[name]["label"] for name in ("train", "validation")}
@@ -127,7 +126,7 @@ def sweep_head(base, rates, evals, tokenized, model_path, tokenizer, command) ->
 
 def write(record: dict, cfg) -> dict:
     path = sweep_dir(cfg) / f"{run_name(cfg, record['variant'], record['learning_rate'])}.json"
-    report.write_json_atomic(record, path)
+    recording.write_json_atomic(record, path)
     final = [e for e in record["log_history"] if "eval_accuracy" in e][-1]
     print(f"{record['variant']} lr {record['learning_rate']:g}: validation accuracy {final['eval_accuracy']:.4f} -> {path}")
     return record
@@ -145,7 +144,7 @@ def best_settings(curves: list[dict]) -> dict[str, dict]:
 
 def sweep_section(cfg, runs: list[dict], plot_path: Path) -> str:
     curves = report.validation_curves(runs, reference=config_to_dict(cfg))
-    baseline = next(iter(report.read_baselines(cfg.records_dir)), None)
+    baseline = next(iter(recording.read_baselines(cfg.records_dir)), None)
     lines = [
         f"**Profile `{cfg.profile}`, validation split ({cfg.val_size} reviews carved from train; the test set is not read), "
         f"{runs[0]['device']['name']} ({runs[0]['device'].get('cores', runs[0]['device'].get('count'))} "
@@ -165,7 +164,7 @@ def sweep_section(cfg, runs: list[dict], plot_path: Path) -> str:
             if c["variant"] == variant
         )
         lines.append(
-            f"{report.VARIANT_LABELS[variant]}: best final validation accuracy with {best['setting']} "
+            f"{recording.VARIANT_LABELS[variant]}: best final validation accuracy with {best['setting']} "
             f"({best['final']:.1%}); by run: {finals}; the profile uses lr {cfg.learning_rate(variant):g}."
         )
     if any(r.get("source") == "profile run" for r in runs) and runs[0]["device"]["type"] == "cpu":
@@ -195,7 +194,7 @@ def main(argv=None) -> int:
         if not runs:
             raise SystemExit(f"No records in {cfg.records_dir} or {sweep_dir(cfg)}: run a sweep first (see --help).")
         curves = report.validation_curves(runs, reference=config_to_dict(cfg))
-        baseline = next(iter(report.read_baselines(cfg.records_dir)), None)
+        baseline = next(iter(recording.read_baselines(cfg.records_dir)), None)
         base_acc = max(baseline["validation_accuracy_by_C"].values()) if baseline else None
         plot_path = sweep_dir(cfg) / "curves.png"
         plot_path.parent.mkdir(parents=True, exist_ok=True)

@@ -56,7 +56,7 @@ import torch
 from transformers import AutoConfig, TrainerCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from peft_sentiment import VARIANTS, cost, data, models, report, train
+from peft_sentiment import VARIANTS, cost, data, models, recording, report, train
 from peft_sentiment.config import make_config
 
 PIPELINES = ("baseline", "project")
@@ -331,7 +331,7 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
     warmup = max(train_batches, key=lambda b: max(train_lengths[i] for i in b))
     timed = stratified_batches(train_batches, train_lengths, args.steps)
     train_ds = tokenized["train"].select([i for b in [warmup, *timed] for i in b])
-    model = train.build_configured_variant(cfg, variant, model_path, tokenizer)
+    model = models.build_configured_variant(cfg, variant, model_path, tokenizer)
     if pipeline == "baseline":
         swap_activation(model, stock=True)
     params, shape = cost.matmul_params(model), cost.attention_shape(model)
@@ -469,9 +469,9 @@ def run_all(args, argv) -> dict:
     print(f"matmul peak (2048 x 2048 fp32): {peak / 1e9:.1f} GFLOP/s", flush=True)
     record = {
         "command": "python " + shlex.join(["bench/throughput.py", *argv]),
-        "device": report.device_info(),
+        "device": recording.device_info(),
         "memory_gib": psutil.virtual_memory().total / 2**30,
-        "versions": report.library_versions(),
+        "versions": recording.library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": args.model,
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},
@@ -590,12 +590,14 @@ def plot(record: dict):
             top = max(summary[v][p][f"{phase}_real_tokens_per_s"] for p in PIPELINES)
             ax.annotate(f"x{summary[v][f'{phase}_ratio']:.2f}", (j, top), ha="center", va="bottom")
         ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # room for the ratios and the legend
-        ax.set_xticks(x, [report.VARIANT_LABELS.get(v, v) for v in variants])
+        ax.set_xticks(x, [recording.VARIANT_LABELS.get(v, v) for v in variants])
         ax.set_ylabel("real (non-pad) tokens / s")
         ax.set_title(f"{'training' if phase == 'train' else 'evaluation'} throughput")
         ax.legend(fontsize=8, loc="upper left")
     ax = axes[2]
-    ax.bar([report.VARIANT_LABELS.get(v, v) for v in variants], [summary[v]["model_bytes"] / 1e6 for v in variants], color="grey")
+    ax.bar(
+        [recording.VARIANT_LABELS.get(v, v) for v in variants], [summary[v]["model_bytes"] / 1e6 for v in variants], color="grey"
+    )
     ax.set_ylabel("model bytes (MB, get_memory_footprint)")
     ax.set_title("model size")
     device = record["device"]["name"]
@@ -616,7 +618,7 @@ def main(argv=None) -> int:
     record = run_all(args, argv)
     record["total_seconds"] = time.perf_counter() - started
     out = Path(args.out or f"results/throughput/{record['device']['type']}{'-ablations' if args.ablations else ''}.json")
-    report.write_json_atomic(record, out)
+    recording.write_json_atomic(record, out)
     if not args.ablations:
         plot(record).savefig(out.with_suffix(".png"), dpi=120)
     print(json.dumps(record["summary"], indent=1) if args.ablations else report.throughput_section(record))

@@ -7,15 +7,13 @@ do), 1 anything else.
 from __future__ import annotations
 
 import argparse
-import ast
 import shlex
 import sys
 from pathlib import Path
 
-import torch
-
-from peft_sentiment import VARIANTS, data, hardware, inference, metrics, models, report, train
-from peft_sentiment.config import Config, make_config
+from peft_sentiment import VARIANTS, inference, recording, report
+from peft_sentiment.config import make_config, parse_overrides
+from peft_sentiment.pipeline import evaluate_adapter, run_training
 
 EXAMPLES = """examples:
   python -m peft_sentiment train --profile smoke
@@ -26,80 +24,6 @@ EXAMPLES = """examples:
   echo "Dull and far too long." | python -m peft_sentiment predict saved_nf4_lora
   python -m peft_sentiment report results/cpu --readme README.md
 """
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """`name=value` pairs as config overrides; values are Python literals (3e-4, None, 'gpt2'), else strings."""
-    overrides = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--set {pair!r}: expected NAME=VALUE, for example --set lora_r=8.")
-        try:
-            overrides[name.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            overrides[name.strip()] = value
-    return overrides
-
-
-def run_training(cfg: Config, variants=VARIANTS, *, resume: bool = False, command: str | None = None, splits=None) -> list[dict]:
-    """The notebook's pipeline without the narration: data, model, each variant trained, recorded, saved.
-
-    Runs as one process, or as several under `torchrun` / `accelerate launch` (DDP through the
-    Trainer): every process trains on its share of each batch, only the first writes records and adapters.
-    """
-    from accelerate import PartialState
-
-    # joins the process group when launched by torchrun/accelerate (gloo on CPUs); trivial otherwise
-    state = PartialState(cpu=not torch.cuda.is_available())
-    report.check_writable(cfg.records_dir, cfg.adapter_dir_f32, cfg.adapter_dir_nf4, cfg.work_dir)
-    if state.is_main_process:
-        print(f"profile {cfg.profile}: {hardware.describe_precision(cfg.precision)}")
-    if splits is None:
-        splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
-    with state.main_process_first():  # one process builds models and tokenization caches, the others reuse them
-        model_path = models.resolve_model(cfg.model_name, texts=splits["train"]["text"])
-        models.check_max_length(model_path, cfg.max_length)
-        tokenizer = models.load_tokenizer(model_path)
-        tokenized = data.tokenize_reviews(splits, tokenizer, cfg.max_length, cfg.prompt_suffix)
-    lora_config, bnb_config = models.make_lora_config(cfg, model_path), models.make_bnb_config(cfg)
-    records = []
-    for variant in variants:
-        model = train.build_variant(variant, model_path, tokenizer, seed=cfg.seed, lora_config=lora_config, bnb_config=bnb_config)
-        _, record = train.train_variant(cfg, variant, model, tokenizer, tokenized, resume=resume)
-        record |= {"command": command, "processes": state.num_processes}  # with several, tokens and times are rank 0's
-        if state.is_main_process:
-            report.write_record(record, cfg.records_dir)
-            if variant != "head_only":
-                meta = inference.adapter_meta(cfg, variant, model_path, bnb_config if variant == "nf4_lora" else None)
-                inference.save_adapter(model, tokenizer, cfg.adapter_dir(variant), meta, record)
-            m = record["metrics"]
-            print(f"{variant}: accuracy {m['accuracy']:.4f} (95% CI {m['accuracy_ci95'][0]:.4f}-{m['accuracy_ci95'][1]:.4f})")
-        records.append(record)
-    state.wait_for_everyone()
-    return records
-
-
-def evaluate_adapter(adapter: str, overrides: dict) -> dict:
-    """Accuracy (with its 95% interval) and the other metrics of a saved adapter on its profile's test subset."""
-    meta = inference.check_adapter_dir(adapter)
-    cfg = make_config(meta["profile"], **overrides)
-    test = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))["test"]
-    model, tokenizer = inference.load_adapter(adapter)  # as trained: reproduces the record on every CPU
-    out = inference.predict_reviews(
-        model, tokenizer, test["text"], meta["max_length"], meta["prompt_suffix"], cfg.eval_batch_size, progress=True
-    )
-    probs = inference.pos_probabilities(out)
-    m = metrics.classification_metrics(test["label"], probs)
-    ci = metrics.accuracy_interval(m["accuracy"], len(probs))
-    return {
-        "adapter": str(adapter),
-        "profile": cfg.profile,
-        "metrics": m | {"accuracy_ci95": list(ci), "test_reviews": len(probs)},
-        "nf4_kernel": models.nf4_kernel(model),
-        "device": report.device_info(),
-        "predictions": [round(p, 6) for p in probs],
-    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print({k: round(v, 4) for k, v in result["metrics"].items() if k in ("precision", "recall", "f1", "roc_auc")})
             if args.out:
-                report.write_json_atomic(result, Path(args.out))
+                recording.write_json_atomic(result, Path(args.out))
         elif args.command == "merge":
             folder = inference.merge_adapter(args.adapter, args.out_dir)
             print(
@@ -182,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             for folder in args.records_dirs:
                 print(report.results_section(folder), end="\n\n")
                 if args.plots:
-                    records = report.read_records(folder)
+                    records = recording.read_records(folder)
                     print(report.analysis_table(records).to_string(float_format="{:.4f}".format), end="\n\n")
-                    report.plot_accuracy_vs_cost(records, report.read_baselines(folder)).savefig(
+                    report.plot_accuracy_vs_cost(records, recording.read_baselines(folder)).savefig(
                         Path(folder) / "accuracy_vs_cost.png", dpi=120
                     )
                     report.plot_analysis(records).savefig(Path(folder) / "analysis.png", dpi=110)

@@ -6,6 +6,7 @@ which rejects unknown names and values with the list of valid ones.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 import types
@@ -245,6 +246,20 @@ def validate_config(cfg: Config) -> None:
         raise ValueError(f"nf4_compute_dtype={cfg.nf4_compute_dtype!r}: choose one of {', '.join(_DTYPES)}.")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision={cfg.precision!r}: choose one of {', '.join(PRECISIONS)}.")
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`name=value` pairs as config overrides; values are Python literals (3e-4, None, 'gpt2'), else strings."""
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set {pair!r}: expected NAME=VALUE, for example --set lora_r=8.")
+        try:
+            overrides[name.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[name.strip()] = value
+    return overrides
 
 
 def check_variant(variant: str) -> str:

@@ -23,7 +23,7 @@ from peft_sentiment.models import (
     load_tokenizer,
     resolve_model,
 )
-from peft_sentiment.report import VARIANT_LABELS
+from peft_sentiment.recording import VARIANT_LABELS
 
 META_FILE = "peft_sentiment.json"  # what the adapter was trained on, so it is loaded on the same base
 REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors", META_FILE)

@@ -20,9 +20,10 @@ from transformers import (
     GPT2Config,
     GPT2ForSequenceClassification,
     PreTrainedTokenizerFast,
+    set_seed,
 )
 
-from peft_sentiment.config import Config
+from peft_sentiment.config import Config, check_variant
 from peft_sentiment.data import LABEL_NAMES
 
 CACHE_ENV = "PEFT_SENTIMENT_CACHE"
@@ -451,6 +452,20 @@ def build_nf4_lora_model(model_path: str, *, pad_token_id: int, lora_config: Lor
 
 
 BUILDERS = {"head_only": build_head_only_model, "lora": build_lora_model, "nf4_lora": build_nf4_lora_model}
+
+
+def build_variant(variant: str, model_path: str, tokenizer, *, seed: int, lora_config=None, bnb_config=None):
+    """The model of `variant`, built after seeding so that the head and LoRA weights start the same."""
+    set_seed(seed)
+    return BUILDERS[check_variant(variant)](
+        model_path, pad_token_id=tokenizer.pad_token_id, lora_config=lora_config, bnb_config=bnb_config
+    )
+
+
+def build_configured_variant(cfg: Config, variant: str, model_path: str, tokenizer):
+    """`build_variant` with the seed and the LoRA and NF4 settings of `cfg`."""
+    lora_config, bnb_config = make_lora_config(cfg, model_path), make_bnb_config(cfg)
+    return build_variant(variant, model_path, tokenizer, seed=cfg.seed, lora_config=lora_config, bnb_config=bnb_config)
 
 
 def count_parameters(model) -> dict[str, int]:

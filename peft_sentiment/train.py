@@ -21,7 +21,6 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
     default_data_collator,
-    set_seed,
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
@@ -29,8 +28,8 @@ from peft_sentiment.config import Config, check_variant, config_to_dict
 from peft_sentiment.data import strip_markup
 from peft_sentiment.hardware import resolve_precision
 from peft_sentiment.metrics import accuracy_interval, classification_metrics, compute_metrics, positive_probabilities
-from peft_sentiment.models import BUILDERS, check_trainable, count_parameters, make_bnb_config, make_lora_config, nf4_kernel
-from peft_sentiment.report import device_info, library_versions
+from peft_sentiment.models import check_trainable, count_parameters, nf4_kernel
+from peft_sentiment.recording import device_info, library_versions
 
 
 class TokenCounter:
@@ -453,20 +452,6 @@ def measured_result(trainer, train_output, prediction, probabilities, seconds, t
         "log_history": trainer.state.log_history,
         "predictions": probabilities,
     }
-
-
-def build_variant(variant: str, model_path: str, tokenizer, *, seed: int, lora_config=None, bnb_config=None):
-    """The model of `variant`, built after seeding so that the head and LoRA weights start the same."""
-    set_seed(seed)
-    return BUILDERS[check_variant(variant)](
-        model_path, pad_token_id=tokenizer.pad_token_id, lora_config=lora_config, bnb_config=bnb_config
-    )
-
-
-def build_configured_variant(cfg: Config, variant: str, model_path: str, tokenizer):
-    """`build_variant` with the seed and the LoRA and NF4 settings of `cfg`."""
-    lora_config, bnb_config = make_lora_config(cfg, model_path), make_bnb_config(cfg)
-    return build_variant(variant, model_path, tokenizer, seed=cfg.seed, lora_config=lora_config, bnb_config=bnb_config)
 
 
 def train_variant(cfg: Config, variant: str, model, tokenizer, splits, resume: bool = False) -> tuple:

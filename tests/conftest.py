@@ -148,6 +148,33 @@ def force_bf16_cpu_kernels(monkeypatch):
     return force
 
 
+def fake_record(variant, accuracy, seconds, model_bytes):
+    """A complete record with made-up figures, for tests of what reads records."""
+    from peft_sentiment import recording
+
+    return {
+        "variant": variant, "profile": "smoke", "config": {"seed": 0}, "model": "m",
+        "versions": recording.library_versions(), "device": recording.device_info(),
+        "params": {"trainable": 10, "total": 100}, "model_bytes": model_bytes,
+        "metrics": {"accuracy": accuracy, "precision": 0.5, "recall": 0.5, "f1": 0.5, "roc_auc": 0.5,
+                    "accuracy_ci95": [accuracy - 0.05, accuracy + 0.05], "test_reviews": 100},
+        "train_seconds": seconds, "eval_seconds": 1.0, "train_tokens": {"real": 10, "padded": 12},
+        "eval_tokens": {"real": 5, "padded": 6}, "train_tokens_per_s": 10.0, "eval_tokens_per_s": 5.0,
+        "peak_memory_bytes": {"train": 2e9, "eval": 1e9},
+        "log_history": [{"step": 1, "loss": 0.7}, {"step": 2, "loss": 0.6, "eval_accuracy": 0.6}], "created": "now",
+        "predictions": [0.9, 0.1],
+    }  # fmt: skip
+
+
+@pytest.fixture
+def records():
+    return [
+        fake_record("nf4_lora", 0.86, 30.0, 100),
+        fake_record("head_only", 0.80, 10.0, 400),
+        fake_record("lora", 0.88, 20.0, 400),
+    ]
+
+
 def load_bench(name: str):
     """A bench/ script imported as a module (bench/ is not a package), to test its functions."""
     import importlib.util

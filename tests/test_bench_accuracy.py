@@ -4,7 +4,7 @@ import json
 
 from conftest import load_bench
 
-from peft_sentiment import report
+from peft_sentiment import recording, report
 
 
 def test_accuracy_bench_records_each_method_and_its_own_wall_time(toy_imdb_dir, model_cache, tmp_path, monkeypatch):
@@ -14,11 +14,11 @@ def test_accuracy_bench_records_each_method_and_its_own_wall_time(toy_imdb_dir, 
     overrides += ["records_dir='records'"]
     assert bench.main(["--profile", "smoke", "--variants", "head_only", "lora", *overrides]) == 0
 
-    records = report.read_records("records")  # the run file sits apart: every *.json here is a record
+    records = recording.read_records("records")  # the run file sits apart: every *.json here is a record
     assert [r["variant"] for r in records] == ["head_only", "lora"]
     baseline = json.loads((tmp_path / "records" / "baselines" / "tfidf_logreg.json").read_text())
     assert baseline["metrics"]["test_reviews"] == records[0]["metrics"]["test_reviews"] == 64  # the same test reviews
-    run = json.loads((tmp_path / "records" / report.ACCURACY_RUN_FILE).read_text())
+    run = json.loads((tmp_path / "records" / recording.ACCURACY_RUN_FILE).read_text())
     assert run["variants"] == ["head_only", "lora"] and not run["resumed"]
     assert run["total_seconds"] > sum(r["train_seconds"] for r in records)  # the whole run: training, evaluation, loading
     assert {r["command"] for r in records} == {run["command"]} and run["command"].startswith("python bench/accuracy.py")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from peft_sentiment import report
+from peft_sentiment import recording
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def test_memory_bench_compares_estimate_and_measurement(tiny_model_path, model_c
     assert nf4["estimate"]["weights"] == pytest.approx(nf4["model_bytes"], rel=0.1)  # as tests/test_cost.py checks
     text = readme.read_text()
     assert "old" not in text and record["command"] in text and "| NF4 LoRA |" in text
-    assert report.VARIANT_LABELS["head_only"] in text
+    assert recording.VARIANT_LABELS["head_only"] in text
 
 
 def test_what_the_estimate_says_will_not_fit_is_skipped_not_run(tiny_model_path, model_cache, tmp_path, monkeypatch):

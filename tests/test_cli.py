@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from peft_sentiment.cli import main, parse_overrides
+from peft_sentiment.cli import main
+from peft_sentiment.config import parse_overrides
 
 
 def toy_overrides(toy_imdb_dir, out):
@@ -151,8 +152,8 @@ def test_the_full_profile_runs_on_the_tiny_model(toy_imdb_dir, tmp_path):
     checkpoints, then each saved adapter reloaded and predicting what its record says.
     """
     from peft_sentiment import data, inference
-    from peft_sentiment.cli import run_training
     from peft_sentiment.config import config_to_dict, make_config
+    from peft_sentiment.pipeline import run_training
 
     swapped = dict(model_name="tiny-gpt2", data_dir=str(toy_imdb_dir), train_size=128, val_size=32, test_size=32, max_length=32)
     outputs = dict(adapter_dir_f32=str(tmp_path / "f32"), adapter_dir_nf4=str(tmp_path / "nf4"),

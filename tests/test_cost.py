@@ -4,7 +4,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig
 
 from peft_sentiment import VARIANTS, cost
-from peft_sentiment.train import build_variant
+from peft_sentiment.models import build_variant
 
 
 def counted(model, ids, mask, train: bool) -> int:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from peft_sentiment import inference
-from peft_sentiment.train import build_variant
+from peft_sentiment.models import build_variant
 
 
 @pytest.fixture(scope="module")

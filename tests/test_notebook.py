@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from peft_sentiment import report
+from peft_sentiment import recording
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "project_peft.ipynb"
@@ -51,7 +51,7 @@ def test_notebook_runs_headless_on_smoke(tmp_path):
     ]
     subprocess.run(cmd, cwd=tmp_path, env=env, check=True, timeout=900)
 
-    records = report.read_records(tmp_path / "runs/smoke/records")
+    records = recording.read_records(tmp_path / "runs/smoke/records")
     assert [r["variant"] for r in records] == ["head_only", "lora", "nf4_lora"]
     for r in records:
         assert r["profile"] == "smoke" and r["metrics"]["test_reviews"] == 128

@@ -1,49 +1,7 @@
-import copy
-import json
-
 import pytest
+from conftest import fake_record
 
-from peft_sentiment import report
-
-
-def fake_record(variant, accuracy, seconds, model_bytes):
-    return {
-        "variant": variant, "profile": "smoke", "config": {"seed": 0}, "model": "m",
-        "versions": report.library_versions(), "device": report.device_info(),
-        "params": {"trainable": 10, "total": 100}, "model_bytes": model_bytes,
-        "metrics": {"accuracy": accuracy, "precision": 0.5, "recall": 0.5, "f1": 0.5, "roc_auc": 0.5,
-                    "accuracy_ci95": [accuracy - 0.05, accuracy + 0.05], "test_reviews": 100},
-        "train_seconds": seconds, "eval_seconds": 1.0, "train_tokens": {"real": 10, "padded": 12},
-        "eval_tokens": {"real": 5, "padded": 6}, "train_tokens_per_s": 10.0, "eval_tokens_per_s": 5.0,
-        "peak_memory_bytes": {"train": 2e9, "eval": 1e9},
-        "log_history": [{"step": 1, "loss": 0.7}, {"step": 2, "loss": 0.6, "eval_accuracy": 0.6}], "created": "now",
-        "predictions": [0.9, 0.1],
-    }  # fmt: skip
-
-
-@pytest.fixture
-def records():
-    return [
-        fake_record("nf4_lora", 0.86, 30.0, 100),
-        fake_record("head_only", 0.80, 10.0, 400),
-        fake_record("lora", 0.88, 20.0, 400),
-    ]
-
-
-def test_records_round_trip_in_variant_order(records, tmp_path):
-    for r in records:
-        report.write_record(r, tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["head_only.json", "lora.json", "nf4_lora.json"]
-    back = report.read_records(tmp_path)
-    assert [r["variant"] for r in back] == ["head_only", "lora", "nf4_lora"]
-    assert back[1] == json.loads(json.dumps(records[2]))
-
-
-def test_incomplete_records_are_refused(records, tmp_path):
-    broken = copy.deepcopy(records[0])
-    del broken["metrics"]["roc_auc"], broken["train_seconds"]
-    with pytest.raises(ValueError, match=r"train_seconds.*metrics.roc_auc"):
-        report.write_record(broken, tmp_path)
+from peft_sentiment import recording, report
 
 
 def test_table_and_summary_come_from_the_records(records):
@@ -72,12 +30,12 @@ def test_accuracy_vs_cost_plot_has_every_method(records):
 
 def test_readme_results_block_is_generated_from_records(records, tmp_path):
     for r in records:
-        report.write_record(
+        recording.write_record(
             {**r, "config": {"seed": 0, "model_name": "m", "train_size": 1000, "val_size": 200, "max_length": 256}},
             tmp_path / "rec",
         )
     baseline = {**fake_record("lora", 0.85, 3.0, 0), "variant": "tfidf_logreg"}
-    report.write_json_atomic(baseline, tmp_path / "rec" / "baselines" / "tfidf_logreg.json")
+    recording.write_json_atomic(baseline, tmp_path / "rec" / "baselines" / "tfidf_logreg.json")
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\noutro\n")
     text = report.update_readme(readme, [tmp_path / "rec"])
@@ -87,31 +45,6 @@ def test_readme_results_block_is_generated_from_records(records, tmp_path):
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="results:start"):
         report.update_readme(readme, [tmp_path / "rec"])
-
-
-def test_unwritable_output_folder_is_refused_before_work(tmp_path, monkeypatch):
-    report.check_writable(tmp_path / "fine" / "deeper")  # missing folders are fine: they will be created
-    assert not (tmp_path / "fine").exists(), "checking creates nothing"
-    (tmp_path / "a_file").write_text("x")
-    with pytest.raises(NotADirectoryError, match="is a file"):
-        report.check_writable(tmp_path / "a_file" / "records")
-    monkeypatch.setattr(report.os, "access", lambda *args: False)  # permission bits do not bind root: simulate
-    with pytest.raises(PermissionError, match="not writable"):
-        report.check_writable(tmp_path / "records")
-
-
-def test_a_crash_while_writing_a_record_keeps_the_previous_one(records, tmp_path, monkeypatch):
-    path = report.write_record(records[0], tmp_path)
-    before = path.read_text()
-
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(report.json, "dump", crash)
-    with pytest.raises(OSError, match="disk full"):
-        report.write_record({**records[0], "train_seconds": 99.0}, tmp_path)
-    assert path.read_text() == before
-    assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temporary file left behind"
 
 
 def test_analysis_needs_labels_and_draws_every_variant(records):

@@ -6,10 +6,10 @@ from transformers import DataCollatorWithPadding
 
 from peft_sentiment import VARIANTS, train
 from peft_sentiment.inference import pos_probabilities, predict_reviews
-from peft_sentiment.report import check_record
+from peft_sentiment.models import build_variant
+from peft_sentiment.recording import check_record
 from peft_sentiment.train import (
     TokenCounter,
-    build_variant,
     extract_features,
     feature_dataset,
     make_trainer,
