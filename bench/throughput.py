@@ -571,7 +571,7 @@ def readme_section(out: Path) -> str:
     if not main_path.is_file():
         raise SystemExit(f"No {main_path}: run the main benchmark (without --ablations) before writing the README block.")
     ablations = json.loads(ablations_path.read_text()) if ablations_path.is_file() else None
-    return report.throughput_section(json.loads(main_path.read_text()), ablations)
+    return throughput_section(json.loads(main_path.read_text()), ablations)
 
 
 def plot(record: dict):
@@ -606,6 +606,72 @@ def plot(record: dict):
     return fig
 
 
+def throughput_section(record: dict, ablations: dict | None = None) -> str:
+    """Markdown: the throughput benchmark's record as a table (both pipelines, their ratio) with its command.
+
+    `ablations`, a record of `bench/throughput.py --ablations`, adds what two recipe choices cost.
+    """
+    s = record["settings"]
+    device = record["device"]
+    where = f"{device['name']} ({device.get('cores', device.get('count'))} {'cores' if device['type'] == 'cpu' else 'GPUs'})"
+    lines = [
+        f"**`{record['model']}`, max length {s['max_length']}, batch {s['batch']} (training) / {s['eval_batch']} "
+        f"(evaluation), on {where}, {record['created'][:10]}.** Matmul peak measured in the same run: "
+        f"{record['matmul_peak_flops'] / 1e9:.0f} GFLOP/s (fp32, 2048 x 2048). Peak memory: "
+        f"{'process RSS' if device['type'] == 'cpu' else 'the CUDA allocator peak'}.",
+        "",
+        "| variant | pipeline | train tokens/s (real / padded) | eval tokens/s (real / padded) | train MFU | eval MFU "
+        "| peak train memory MB | model MB | one full-IMDB epoch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary = {k: v for k, v in record["summary"].items() if isinstance(v, dict)}
+    for variant, row in summary.items():
+        for pipeline in ("baseline", "project"):
+            r = row[pipeline]
+            hours = r.get("full_imdb_epoch_hours")
+            lines.append(
+                f"| {recording.VARIANT_LABELS.get(variant, variant)} | {pipeline} | {r['train_real_tokens_per_s']:,.0f} / "
+                f"{r['train_padded_tokens_per_s']:,.0f} | {r['eval_real_tokens_per_s']:,.0f} / {r['eval_padded_tokens_per_s']:,.0f} "
+                f"| {r['train_mfu']:.1%} | {r['eval_mfu']:.1%} | {r['train_peak_memory_bytes'] / 1e6:,.0f} "
+                f"| {row['model_bytes'] / 1e6:,.0f} | {'-' if hours is None else f'{hours:.1f} h'} |"
+            )
+        lines.append(f"| | **project / baseline** | **x{row['train_ratio']:.2f}** | **x{row['eval_ratio']:.2f}** | | | | | |")
+    notes = []
+    for key, value in summary.get("head_only", {}).items():
+        if key.startswith("train_ratio_over_"):
+            epochs = key.removeprefix("train_ratio_over_").removesuffix("_epochs")
+            notes.append(f"Head-only over {epochs} epochs (one frozen pass, then the head on cached features): x{value:.1f}.")
+    for key, what in (
+        ("fused_activation_speedup", "The fused GELU (the same function as GPT-2's stock `gelu_new`; the project's default), "
+         "training on the same batches"),
+        ("backbone_dropout_off_speedup", "The frozen model's dropout off (same batches, stock GELU in both); not the default, "
+         "its accuracy effect is unmeasured here (no pretrained GPT-2)"),
+    ):  # fmt: skip
+        speedups = {v: row[key] for v, row in (ablations or {}).get("summary", {}).items() if key in row}
+        if speedups:
+            notes.append(
+                f"{what}: " + ", ".join(f"{recording.VARIANT_LABELS.get(v, v)} x{x:.2f}" for v, x in speedups.items()) + "."
+            )
+    if all(r.get("eval", {}).get("paired") for r in record["runs"]):
+        notes.append(
+            "Evaluation: both pipelines timed in one process, alternating batch by batch (machine drift cancels); "
+            "training: each pipeline in its own process (its own peak memory), minutes apart."
+        )
+    if "nf4_bytes_vs_fp32" in record["summary"]:
+        notes.append(f"NF4 model bytes: {record['summary']['nf4_bytes_vs_fp32']:.1%} of the fp32 model's.")
+    tok = record.get("tokenization")
+    if tok:
+        notes.append(
+            f"Tokenizing all {tok['reviews']:,} reviews: {tok['cold_seconds']:.0f} s ({tok['cold_reviews_per_s']:,.0f} reviews/s); "
+            f"a re-run finds the datasets cache: {tok['cached_seconds']:.1f} s."
+        )
+    reproduce = f"Reproduce: `{record['command']}`" + (
+        f", then `{ablations['command']}` ({ablations['created'][:10]})" if ablations else ""
+    )
+    lines += ["", *notes, "", reproduce]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -621,7 +687,7 @@ def main(argv=None) -> int:
     recording.write_json_atomic(record, out)
     if not args.ablations:
         plot(record).savefig(out.with_suffix(".png"), dpi=120)
-    print(json.dumps(record["summary"], indent=1) if args.ablations else report.throughput_section(record))
+    print(json.dumps(record["summary"], indent=1) if args.ablations else throughput_section(record))
     if args.readme:
         report.replace_block(args.readme, "throughput", readme_section(out))
     print(f"wrote {out} in {record['total_seconds'] / 60:.1f} min")
