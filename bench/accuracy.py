@@ -16,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from peft_sentiment import VARIANTS, data, recording, report, train
+from peft_sentiment import VARIANTS, data, plots, recording, report
+from peft_sentiment.baseline import train_tfidf_baseline
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides
 from peft_sentiment.pipeline import run_training
 
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
     splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
     print(f"profile {cfg.profile}: {len(splits['train'])} train / {len(splits['validation'])} val / {len(splits['test'])} test")
 
-    baseline = train.train_tfidf_baseline(splits, cfg.seed)
+    baseline = train_tfidf_baseline(splits, cfg.seed)
     baseline["command"] = command
     recording.write_json_atomic(baseline, Path(cfg.records_dir) / "baselines" / "tfidf_logreg.json")
     print(f"TF-IDF + LR: {baseline['metrics']['accuracy']:.4f} (C={baseline['C']}, {baseline['train_seconds']:.1f} s)")
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
     run_training(cfg, todo, resume=args.resume, command=command, splits=splits)
 
     records = recording.read_records(cfg.records_dir)
-    fig = report.plot_accuracy_vs_cost(records, [baseline])
+    fig = plots.plot_accuracy_vs_cost(records, [baseline])
     fig.savefig(Path(cfg.records_dir) / "accuracy_vs_cost.png", dpi=120)
     print(report.markdown_table(records))
     # the whole run's wall time (the profile's budget is for all of it), for the README's results block

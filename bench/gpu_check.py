@@ -28,7 +28,7 @@ import torch
 
 from peft_sentiment import VARIANTS, cost, data, hardware, models, recording
 from peft_sentiment.config import config_to_dict, make_config
-from peft_sentiment.pipeline import run_training  # the one pipeline function
+from peft_sentiment.pipeline import prepare_data, run_training  # the one pipeline
 
 # Settings. GPU: bf16 (NF4 computes in bfloat16) and ~6 min of training and evaluation at the rates below,
 # so a 1.5x slower GPU still ends within 10. Dry run: the tiny model (256 positions, hence max_length 128) on a
@@ -80,9 +80,7 @@ def make_check_config(args, settings: dict, records_dir: Path):
 
 def tokenize_like_pipeline(cfg, splits) -> tuple[str, object, dict]:
     """Model path, tokenizer and each split's real token lengths, made as run_training makes them (it then hits the cache)."""
-    model_path = models.resolve_model(cfg.model_name, texts=splits["train"]["text"])
-    tokenizer = models.load_tokenizer(model_path)
-    tokenized = data.tokenize_reviews(splits, tokenizer, cfg.max_length, cfg.prompt_suffix)
+    _, model_path, tokenizer, tokenized = prepare_data(cfg, splits)
     return model_path, tokenizer, {name: list(tokenized[name]["length"]) for name in tokenized}
 
 

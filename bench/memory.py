@@ -26,18 +26,17 @@ import ctypes.util
 import gc
 import json
 import shlex
-import subprocess
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import psutil
 import torch
+from harness import page_in_weights, run_in_worker
 from transformers import AutoConfig
 
-from peft_sentiment import VARIANTS, cost, models, recording, report, train
+from peft_sentiment import VARIANTS, catalog, cost, models, recording, report, train
 from peft_sentiment.config import make_config
 
 DEFAULT_MODELS = ("gpt2-random", "gpt2-medium-random", "gpt2-large-random", "gpt2-xl-random")
@@ -111,8 +110,8 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     # (this CPU has no fast bf16: one gpt2 NF4 step took 269 s with bf16 compute)
     nf4_compute = "bfloat16" if torch.cuda.is_available() else "float32"
     cfg = make_config("full", model_name=model_name, nf4_compute_dtype=nf4_compute)
-    model_path = models.resolve_model(model_name)
-    tokenizer = models.load_tokenizer(model_path)
+    model_path = catalog.resolve_model(model_name)
+    tokenizer = catalog.load_tokenizer(model_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = models.build_configured_variant(cfg, variant, model_path, tokenizer)
     if variant != "nf4_lora":  # NF4 is placed on its device when it loads
@@ -121,7 +120,7 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq_len), generator=generator).to(device)
     labels = torch.randint(0, 2, (args.batch,), generator=generator).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    train.page_in_weights(model)  # or the step's first touch of file-mapped weights counts as training memory
+    page_in_weights(model)  # or the step's first touch of file-mapped weights counts as training memory
     before = current_bytes()
     read_heap = heap_reader()
     model.train()
@@ -161,7 +160,7 @@ RSS_OVER_ESTIMATE = 1.8
 def estimate_step(model_name: str, variant: str, args) -> dict:
     """`cost.estimate_training_memory` for one step of `variant` on `model_name` with the full profile's LoRA settings."""
     cfg = make_config("full", model_name=model_name)
-    config = AutoConfig.from_pretrained(models.resolve_model(model_name))
+    config = AutoConfig.from_pretrained(catalog.resolve_model(model_name))
     return cost.estimate_training_memory(
         config, variant, args.batch, args.seq_len, cfg.lora_r, cfg.lora_targets, lora_dropout=cfg.lora_dropout
     )
@@ -239,7 +238,7 @@ def main(argv=None) -> int:
         "runs": [],
     }
     for model_name in args.models:
-        models.resolve_model(model_name)  # build a random-weight model once, outside the measured processes
+        catalog.resolve_model(model_name)  # build a random-weight model once, outside the measured processes
         for variant in args.variants:
             need, available = predicted_rss_bytes(model_name, variant, args), psutil.virtual_memory().available
             if need > available:
@@ -247,10 +246,7 @@ def main(argv=None) -> int:
                 record["runs"].append({"model": model_name, "variant": variant, "skipped": why})
                 print(f"{model_name} {variant}: skipped, {why}", flush=True)
                 continue
-            with tempfile.NamedTemporaryFile(suffix=".json") as out:
-                cmd = [sys.executable, __file__, *argv, "--worker", model_name, variant, out.name]
-                subprocess.run(cmd, check=True)
-                run = json.loads(Path(out.name).read_text())
+            run = run_in_worker(__file__, argv, [model_name, variant])
             record["runs"].append(run)
             print(f"{model_name} {variant}: added {run['measured_added_bytes'] / 1e6:,.0f} MB measured, "
                   f"{run['estimated_added_bytes'] / 1e6:,.0f} MB estimated ({summarize(run)['added_error']:+.0%})", flush=True)  # fmt: skip

@@ -24,8 +24,10 @@ import sys
 import time
 from pathlib import Path
 
-from peft_sentiment import VARIANTS, data, models, recording, report, train
+from peft_sentiment import VARIANTS, models, plots, recording, report, train
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides
+from peft_sentiment.features import split_features
+from peft_sentiment.pipeline import prepare_data
 
 LR_FIELD = {"head_only": "lr_head_only", "lora": "lr_lora", "nf4_lora": "lr_lora"}
 
@@ -97,8 +99,8 @@ def sweep_lora(base, variant, rates, evals, tokenized, model_path, tokenizer, re
         model = models.build_configured_variant(cfg, variant, model_path, tokenizer)
         args = train.make_training_args(cfg, variant)
         trainer = train.make_trainer(model, tokenizer, args, tokenized["train"], tokenized["validation"])
-        output, seconds, memory, checkpoint = train.fit(trainer, resume)
-        record = sweep_record(cfg, variant, lr, trainer, output, seconds, memory, model, command)
+        output, training, checkpoint = train.fit(trainer, resume)
+        record = sweep_record(cfg, variant, lr, trainer, output, training.seconds, training, model, command)
         records.append(write(record | {"resumed_from": checkpoint}, cfg))
     return records
 
@@ -111,7 +113,7 @@ def sweep_head(base, rates, evals, tokenized, model_path, tokenizer, command) ->
     labels = {name: tokenized[name]["label"] for name in ("train", "validation")}
     records = []
     with train.PeakMemory() as memory:  # each run's peak includes the frozen pass it needs
-        features, _, seconds = train.split_features(base, model, tokenizer, tokenized, ("train", "validation"), resume=False)
+        features, _, seconds = split_features(base, model, tokenizer, tokenized, ("train", "validation"), resume=False)
         for lr in rates:
             cfg = run_config(base, "head_only", lr, evals)
             model.score.load_state_dict(initial_head)
@@ -199,17 +201,14 @@ def main(argv=None) -> int:
         plot_path = sweep_dir(cfg) / "curves.png"
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         device = runs[0]["device"]
-        fig = report.plot_validation_curves(curves, base_acc, f"profile {cfg.profile} on {device['name']}")
+        fig = plots.plot_validation_curves(curves, base_acc, f"profile {cfg.profile} on {device['name']}")
         fig.savefig(plot_path, dpi=120)
         section = sweep_section(cfg, runs, plot_path)
         print(section)
         if args.readme:
             report.replace_block(args.readme, "sweep", section)
         return 0
-    splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
-    model_path = models.resolve_model(cfg.model_name, texts=splits["train"]["text"])
-    tokenizer = models.load_tokenizer(model_path)
-    tokenized = data.tokenize_reviews(splits, tokenizer, cfg.max_length, cfg.prompt_suffix)
+    _, model_path, tokenizer, tokenized = prepare_data(cfg)
     if args.variant == "head_only":
         sweep_head(cfg, args.lr, args.evals, tokenized, model_path, tokenizer, command)
     else:

@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,11 +52,13 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
+from harness import page_in_weights, run_in_worker
 from transformers import AutoConfig, TrainerCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from peft_sentiment import VARIANTS, cost, data, models, recording, report, train
+from peft_sentiment import VARIANTS, catalog, cost, data, features, models, recording, report, train
 from peft_sentiment.config import make_config
+from peft_sentiment.pipeline import prepare_data
 
 PIPELINES = ("baseline", "project")
 PLOT_LABELS = {"baseline": "pad to 512, random order", "project": "project: dynamic padding, length-grouped"}
@@ -104,20 +105,6 @@ class StepLog(TrainerCallback):
         self.ends.append(time.perf_counter())
 
 
-class ShapeLog(train.TokenCounter):
-    """train.TokenCounter's hook, also keeping each forward call's real row lengths and padded length."""
-
-    def reset(self) -> None:
-        super().reset()
-        self.calls = []
-
-    def _count(self, module, args, kwargs) -> None:
-        super()._count(module, args, kwargs)
-        mask = kwargs.get("attention_mask")
-        if mask is not None:
-            self.calls.append({"lengths": mask.sum(1).tolist(), "padded": int(mask.shape[1])})
-
-
 def worker_config(args):
     """The `full` profile at the benchmark's sizes (max length 512, the given batches)."""
     return make_config(
@@ -155,12 +142,12 @@ def epoch_batches(lengths: list[int], batch_size: int, order: str, seed: int) ->
     """The full batches the project's pipeline forms over a pool of reviews with these `lengths`.
 
     "grouped": training, the Trainer's length-grouped sampler; "longest_first": evaluation
-    (train.predict_in_order); "shortest_first": head-only's frozen pass (train.extract_features).
+    (train.predict_in_order); "shortest_first": head-only's frozen pass (features.extract_features).
     """
     if order == "grouped":
         indices = get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
     else:
-        indices = train.length_order(lengths, longest_first=order == "longest_first")
+        indices = features.length_order(lengths, longest_first=order == "longest_first")
     batches = [[int(i) for i in indices[j : j + batch_size]] for j in range(0, len(indices), batch_size)]
     return [b for b in batches if len(b) == batch_size]  # a short last batch is not typical
 
@@ -220,7 +207,7 @@ def measure_trainer_steps(cfg, variant, model, tokenizer, train_ds, warmup: bool
         disable_tqdm=True,
     )
     trainer = train.make_trainer(model, tokenizer, args, train_ds, None)
-    step_log, shapes = StepLog(), ShapeLog(model)
+    step_log, shapes = StepLog(), train.TokenCounter(model, keep_shapes=True)
     trainer.add_callback(step_log)
     with train.PeakMemory() as memory:
         trainer.train()
@@ -253,7 +240,7 @@ def measure_eval_paired(cfg, variant, model, tokenizer, project_batches, baselin
     for k in range(len(project_batches)):
         for pipeline, batches in pipelines.items():
             swap_activation(model, stock=pipeline == "baseline")
-            shapes = ShapeLog(model)
+            shapes = train.TokenCounter(model, keep_shapes=True)
             with train.PeakMemory() as memory:
                 start = time.perf_counter()
                 trainer.predict(batches[k])
@@ -318,12 +305,8 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     cfg = worker_config(args)
-    splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
-    model_path = models.resolve_model(cfg.model_name, texts=splits["train"]["text"])
-    tokenizer = models.load_tokenizer(model_path)
-    if pipeline == "project":
-        tokenized = data.tokenize_reviews(splits, tokenizer, cfg.max_length)
-    else:
+    splits, model_path, tokenizer, tokenized = prepare_data(cfg)  # the project's pipeline
+    if pipeline == "baseline":
         tokenized = pad_to_max_length(splits, tokenizer, cfg.max_length)
     # the same reviews in the same batches for both pipelines, chosen from the project's epoch (see the docstring)
     train_lengths, test_lengths = real_lengths(tokenized["train"]), real_lengths(tokenized["test"])
@@ -336,7 +319,7 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
         swap_activation(model, stock=True)
     params, shape = cost.matmul_params(model), cost.attention_shape(model)
     recompute = variant == "nf4_lora"  # gradient checkpointing
-    train.page_in_weights(model)  # so that "memory before training" holds the whole model
+    page_in_weights(model)  # so that "memory before training" holds the whole model
     result = {
         "variant": variant,
         "pipeline": pipeline,
@@ -412,7 +395,7 @@ def measure_cached_head(cfg, model, tokenizer, tokenized, params, shape, args) -
         "validation": tokenized["validation"],
         "test": tokenized["test"].select(range(cfg.eval_batch_size)),  # the record's own test pass (not timed here)
     }
-    shapes = ShapeLog(model.base_model)  # extract_features calls the backbone, below the head
+    shapes = train.TokenCounter(model.base_model, keep_shapes=True)  # extract_features calls the backbone, below the head
     _, record = train.train_variant(cfg, "head_only", model, tokenizer, splits)
     shapes.remove()
     test_calls = -(-len(splits["test"]) // cfg.eval_batch_size)
@@ -434,24 +417,10 @@ def measure_cached_head(cfg, model, tokenizer, tokenized, params, shape, args) -
 # The whole benchmark (the parent process)
 
 
-def time_tokenization(data_dir: str, model_name: str, max_length: int) -> dict:
+def time_tokenization(args, argv) -> dict:
     """Tokenize all 50,000 reviews twice in fresh processes sharing an empty datasets cache: cold, then cached."""
-    cache = tempfile.mkdtemp(prefix="hf-datasets-")
-    code = (
-        "import json, time; from peft_sentiment import data, models; "
-        f"t = time.perf_counter(); imdb = data.load_imdb({data_dir!r}); loaded = time.perf_counter() - t; "
-        f"tok = models.load_tokenizer(models.resolve_model({model_name!r})); "
-        f"t = time.perf_counter(); enc = data.tokenize_reviews(imdb, tok, {max_length}); s = time.perf_counter() - t; "
-        "n = sum(len(enc[k]) for k in enc); real = sum(sum(enc[k]['length']) for k in enc); "
-        "tr = sum(enc['train']['length']); "
-        "print(json.dumps({'load_seconds': loaded, 'tokenize_seconds': s, 'reviews': n, 'kept_tokens': real, 'train_kept_tokens': tr}))"
-    )
-    env = {**os.environ, "HF_DATASETS_CACHE": cache, "TOKENIZERS_PARALLELISM": "true"}
-    runs = []
-    for _ in ("cold", "cached"):
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-        runs.append(json.loads(out.strip().splitlines()[-1]))
-    cold, warm = runs
+    env = {**os.environ, "HF_DATASETS_CACHE": tempfile.mkdtemp(prefix="hf-datasets-"), "TOKENIZERS_PARALLELISM": "true"}
+    cold, warm = (run_in_worker(__file__, argv, ["tokenization", "-"], env=env) for _ in ("cold", "cached"))
     return {
         "reviews": cold["reviews"],
         "kept_tokens": cold["kept_tokens"],
@@ -462,6 +431,25 @@ def time_tokenization(data_dir: str, model_name: str, max_length: int) -> dict:
         "how": "data.tokenize_reviews: Dataset.map(batched=True, batch_size=1000) with the fast (Rust) tokenizer; "
         "the second run, a new process as a notebook re-run would be, finds the datasets cache",
     }
+
+
+def tokenize_all(args, out: str) -> None:
+    """One timing of tokenizing all of IMDB (a worker of time_tokenization), as JSON in `out`."""
+    start = time.perf_counter()
+    imdb = data.load_imdb(args.data_dir)
+    loaded = time.perf_counter() - start
+    tokenizer = catalog.load_tokenizer(catalog.resolve_model(args.model))
+    start = time.perf_counter()
+    encoded = data.tokenize_reviews(imdb, tokenizer, args.max_length)
+    seconds = time.perf_counter() - start
+    result = {
+        "load_seconds": loaded,
+        "tokenize_seconds": seconds,
+        "reviews": sum(len(split) for split in encoded.values()),
+        "kept_tokens": sum(sum(split["length"]) for split in encoded.values()),
+        "train_kept_tokens": sum(encoded["train"]["length"]),
+    }
+    Path(out).write_text(json.dumps(result))
 
 
 def run_all(args, argv) -> dict:
@@ -479,16 +467,13 @@ def run_all(args, argv) -> dict:
         "runs": [],
     }
     if not (args.skip_tokenization or args.ablations):
-        record["tokenization"] = time_tokenization(args.data_dir, args.model, args.max_length)
+        record["tokenization"] = time_tokenization(args, [a for a in argv if a != "--skip-tokenization"])
         print(f"tokenization: {json.dumps(record['tokenization'])}", flush=True)
     worker_argv = [a for a in argv if a != "--skip-tokenization"]
     pairs = [("lora", "project")] if args.ablations else [(v, p) for v in args.variants for p in PIPELINES]
     for variant, pipeline in pairs:
-        with tempfile.NamedTemporaryFile(suffix=".json") as out:
-            start = time.perf_counter()
-            cmd = [sys.executable, __file__, *worker_argv, "--worker", variant, pipeline, out.name]
-            subprocess.run(cmd, check=True)
-            run = json.loads(Path(out.name).read_text())
+        start = time.perf_counter()
+        run = run_in_worker(__file__, worker_argv, [variant, pipeline])
         run["wall_seconds"] = time.perf_counter() - start
         if "eval_baseline" in run:  # timed in the project's process (measure_eval_paired), the baseline's figure
             next(r for r in record["runs"] if r["variant"] == variant and r["pipeline"] == "baseline")["eval"] = run.pop(
@@ -677,6 +662,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.data_dir is None:
         raise SystemExit("Set IMDB_DATA_DIR (or --data-dir) to the folder with train.parquet and test.parquet.")
+    if args.worker and args.worker[0] == "tokenization":
+        tokenize_all(args, args.worker[2])
+        return 0
     if args.worker:
         run_worker(args, *args.worker)
         return 0

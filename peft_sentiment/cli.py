@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from peft_sentiment import VARIANTS, inference, recording, report
+from peft_sentiment import VARIANTS, inference, plots, recording, report
 from peft_sentiment.config import make_config, parse_overrides
 from peft_sentiment.pipeline import evaluate_adapter, run_training
 
@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
                 if args.plots:
                     records = recording.read_records(folder)
                     print(report.analysis_table(records).to_string(float_format="{:.4f}".format), end="\n\n")
-                    report.plot_accuracy_vs_cost(records, recording.read_baselines(folder)).savefig(
+                    plots.plot_accuracy_vs_cost(records, recording.read_baselines(folder)).savefig(
                         Path(folder) / "accuracy_vs_cost.png", dpi=120
                     )
-                    report.plot_analysis(records).savefig(Path(folder) / "analysis.png", dpi=110)
+                    plots.plot_analysis(records).savefig(Path(folder) / "analysis.png", dpi=110)
                     print(f"wrote {Path(folder) / 'accuracy_vs_cost.png'} and {Path(folder) / 'analysis.png'}")
             if args.readme:
                 report.update_readme(args.readme, args.records_dirs)

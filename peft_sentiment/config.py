@@ -26,7 +26,7 @@ class Config:
 
     profile: str
     # --- model ---
-    model_name: str  # Hub id ("gpt2"), a local folder, or a short name from models.SHORT_NAMES
+    model_name: str  # Hub id ("gpt2"), a local folder, or a short name from catalog.SHORT_NAMES
     # --- data ---
     data_dir: str | None  # folder with train.parquet/test.parquet; None = the Hub's "imdb"
     train_size: int | None  # balanced, seeded subset of the 25k train reviews; None = all
@@ -51,7 +51,7 @@ class Config:
     lora_r: int
     lora_alpha: int
     lora_dropout: float
-    lora_targets: tuple[str, ...] | None  # None = chosen from the architecture (models.lora_targets_for)
+    lora_targets: tuple[str, ...] | None  # None = every linear layer below the head (peft's "all-linear")
     # --- NF4 ---
     nf4_compute_dtype: str  # what NF4 matmuls dequantize to: "bfloat16" (GPUs) or "float32"
     # --- outputs ---

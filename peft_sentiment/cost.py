@@ -123,11 +123,11 @@ def estimate_training_memory(
     variant's default (NF4 LoRA on, the others off). With `lora_dropout` > 0 every LoRA layer also
     keeps a dropped copy of its input (fp32) and the mask (1 byte): 5*s*b bytes per input feature.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForSequenceClassification
 
-    from peft_sentiment.models import LORA_TARGETS
+    from peft_sentiment.models import lora_config
 
     config = copy.deepcopy(config)
     config.num_labels = 2
@@ -142,9 +142,8 @@ def estimate_training_memory(
     if variant == "head_only":
         trainable = head
     else:
-        targets = list(lora_targets or LORA_TARGETS[config.model_type])
-        lora = LoraConfig(task_type="SEQ_CLS", r=lora_r, target_modules=targets)
-        peft_model = get_peft_model(model, lora)
+        # alpha does not change a count; the dropout's memory is added below
+        peft_model = get_peft_model(model, lora_config(lora_r, 16, lora_dropout, lora_targets, config.model_type))
         trainable = peft_model.get_nb_trainable_parameters()[0]
         lora_inputs = sum(m.in_features for m in peft_model.modules() if isinstance(m, LoraLayer))
     # NF4: 4-bit linear layers, bf16 embeddings (store_embeddings_16bit), fp32 norms, biases and head

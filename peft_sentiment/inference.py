@@ -12,17 +12,10 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 from transformers import BitsAndBytesConfig, DataCollatorWithPadding
 
+from peft_sentiment.catalog import WEIGHTS_SOURCE, architecture_of, hub_base_model, load_tokenizer, resolve_model
 from peft_sentiment.data import LABEL_NAMES, encode_reviews, strip_markup
 from peft_sentiment.hardware import resolve_precision
-from peft_sentiment.models import (
-    NF4_EMBEDDING_DTYPE,
-    WEIGHTS_SOURCE,
-    architecture_of,
-    hub_base_model,
-    load_classifier,
-    load_tokenizer,
-    resolve_model,
-)
+from peft_sentiment.models import NF4_EMBEDDING_DTYPE, load_classifier
 from peft_sentiment.recording import VARIANT_LABELS
 
 META_FILE = "peft_sentiment.json"  # what the adapter was trained on, so it is loaded on the same base

@@ -6,10 +6,32 @@ so a change to the pipeline is made once.
 
 from __future__ import annotations
 
-import torch
+from typing import NamedTuple
 
-from peft_sentiment import VARIANTS, data, hardware, inference, metrics, models, recording, train
+import torch
+from datasets import DatasetDict
+
+from peft_sentiment import VARIANTS, catalog, data, hardware, inference, metrics, models, recording, train
 from peft_sentiment.config import Config, make_config
+
+
+class Prepared(NamedTuple):
+    """A config's data and model, ready to build variants on."""
+
+    splits: DatasetDict  # raw reviews: train, validation (carved from train), test
+    model_path: str  # what from_pretrained loads (a short name resolved, built on first use)
+    tokenizer: object
+    tokenized: DatasetDict  # the splits as token ids, with their lengths before and after truncation
+
+
+def prepare_data(cfg: Config, splits: DatasetDict | None = None) -> Prepared:
+    """The subsets `cfg` asks for (or `splits`), its model resolved, its tokenizer, and the subsets tokenized."""
+    if splits is None:
+        splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
+    model_path = catalog.resolve_model(cfg.model_name, texts=splits["train"]["text"])
+    catalog.check_max_length(model_path, cfg.max_length)
+    tokenizer = catalog.load_tokenizer(model_path)
+    return Prepared(splits, model_path, tokenizer, data.tokenize_reviews(splits, tokenizer, cfg.max_length, cfg.prompt_suffix))
 
 
 def run_training(cfg: Config, variants=VARIANTS, *, resume: bool = False, command: str | None = None, splits=None) -> list[dict]:
@@ -28,10 +50,7 @@ def run_training(cfg: Config, variants=VARIANTS, *, resume: bool = False, comman
     if splits is None:
         splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
     with state.main_process_first():  # one process builds models and tokenization caches, the others reuse them
-        model_path = models.resolve_model(cfg.model_name, texts=splits["train"]["text"])
-        models.check_max_length(model_path, cfg.max_length)
-        tokenizer = models.load_tokenizer(model_path)
-        tokenized = data.tokenize_reviews(splits, tokenizer, cfg.max_length, cfg.prompt_suffix)
+        _, model_path, tokenizer, tokenized = prepare_data(cfg, splits)
     lora_config, bnb_config = models.make_lora_config(cfg, model_path), models.make_bnb_config(cfg)
     records = []
     for variant in variants:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from peft_sentiment.metrics import expected_calibration_error, reliability
+from peft_sentiment.metrics import expected_calibration_error
 from peft_sentiment.recording import ACCURACY_RUN_FILE, VARIANT_LABELS, read_baselines, read_records
 
 
@@ -54,62 +54,6 @@ def format_cell(value) -> str:
     return f"{value:.3f}" if abs(value) < 10 else f"{value:,.0f}"
 
 
-def plot_comparison(records: list[dict]):
-    """Accuracy (with 95% interval) next to training time and peak memory, one bar per variant."""
-    import matplotlib.pyplot as plt
-
-    names = [VARIANT_LABELS.get(r["variant"], r["variant"]) for r in records]
-    acc = [r["metrics"]["accuracy"] for r in records]
-    err = [
-        [a - r["metrics"]["accuracy_ci95"][0] for a, r in zip(acc, records, strict=True)],
-        [r["metrics"]["accuracy_ci95"][1] - a for a, r in zip(acc, records, strict=False)],
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    axes[0].bar(names, acc, yerr=err, capsize=4, color="tab:blue")
-    axes[0].set(title="Test accuracy (95% CI)", ylim=(0, 1))
-    axes[1].bar(names, [r["train_seconds"] for r in records], color="tab:orange")
-    axes[1].set(title="Training time", ylabel="seconds")
-    axes[2].bar(names, [r["peak_memory_bytes"]["train"] / 1e6 for r in records], color="tab:green")
-    kind = "GPU allocated" if records and records[0]["device"]["type"] == "cuda" else "process RSS"
-    axes[2].set(title=f"Peak training memory ({kind})", ylabel="MB")
-    fig.suptitle(f"profile {records[0]['profile']} on {records[0]['device']['name']}" if records else "no records")
-    fig.tight_layout()
-    return fig
-
-
-def plot_token_lengths(n_tokens, max_length: int):
-    """Histogram of review lengths in tokens, with the truncation limit marked."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3))
-    ax.hist(n_tokens, bins=60, color="tab:blue")
-    ax.axvline(max_length, color="tab:red", linestyle="--", label=f"max_length = {max_length}")
-    ax.set(xlabel="tokens per review", ylabel="reviews", title="Review lengths (train)")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_learning_curves(records: list[dict]):
-    """Training loss and validation accuracy against steps, one line per variant."""
-    import matplotlib.pyplot as plt
-
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.5))
-    for r in records:
-        label = VARIANT_LABELS.get(r["variant"], r["variant"])
-        losses = [(e["step"], e["loss"]) for e in r["log_history"] if "loss" in e]
-        accs = [(e["step"], e["eval_accuracy"]) for e in r["log_history"] if "eval_accuracy" in e]
-        if losses:
-            loss_ax.plot(*zip(*losses, strict=True), label=label)
-        if accs:
-            acc_ax.plot(*zip(*accs, strict=True), marker="o", label=label)
-    loss_ax.set(title="Training loss", xlabel="step")
-    acc_ax.set(title="Validation accuracy", xlabel="step", ylim=(0, 1))
-    loss_ax.legend()
-    fig.tight_layout()
-    return fig
-
-
 def summarize_results(records: list[dict]) -> str:
     """Conclusions drawn from the records themselves, so they stay true whatever a run measured."""
     by_variant = {r["variant"]: r for r in records}
@@ -142,27 +86,6 @@ def summarize_results(records: list[dict]) -> str:
             else "  Their 95% intervals do not overlap: the difference is larger than test-set noise."
         )
     return "\n".join(lines)
-
-
-def plot_accuracy_vs_cost(records: list[dict], baselines: list[dict] = ()):
-    """Test accuracy with its 95% interval against training time and against peak training memory."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for r in [*records, *baselines]:
-        label = VARIANT_LABELS.get(r["variant"], r["variant"].replace("tfidf_logreg", "TF-IDF + LR"))
-        acc = r["metrics"]["accuracy"]
-        low, high = r["metrics"]["accuracy_ci95"]
-        for ax, x in zip(axes, (r["train_seconds"], r["peak_memory_bytes"]["train"] / 1e6), strict=True):
-            ax.errorbar(x, acc, yerr=[[acc - low], [high - acc]], fmt="o", capsize=4, label=label)
-            ax.annotate(label, (x, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    axes[0].set(xscale="log", xlabel="training time (s, log scale)", ylabel="test accuracy (95% CI)")
-    axes[1].set(xlabel="peak training memory (MB)")
-    device = records[0]["device"]["name"] if records else ""
-    fig.suptitle(f"Accuracy vs cost, profile {records[0]['profile'] if records else '?'} on {device}", fontsize=10)
-    axes[0].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    return fig
 
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -247,65 +170,6 @@ def analysis_table(records: list[dict]):
             "ECE": expected_calibration_error(labels, p),
         }
     return pd.DataFrame(rows).T
-
-
-def plot_analysis(records: list[dict], length_bins: int = 5):
-    """Confusion matrices, ROC curves, accuracy by review length, and reliability diagrams with ECE."""
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    n = len(records)
-    fig = plt.figure(figsize=(4 * max(n, 3), 8))
-    grid = fig.add_gridspec(2, max(n, 3))
-    for i, r in enumerate(records):  # top row: one confusion matrix per variant
-        labels, p, _ = recorded_test_split(r)
-        predicted = (p > 0.5).astype(int)
-        matrix = np.array([[((labels == true) & (predicted == guess)).sum() for guess in (0, 1)] for true in (0, 1)])
-        ax = fig.add_subplot(grid[0, i])
-        ax.imshow(matrix, cmap="Blues")
-        for (a, b), count in np.ndenumerate(matrix):
-            ax.text(b, a, f"{count}", ha="center", va="center", color="black")
-        ax.set_xticks([0, 1], ["neg", "pos"])
-        ax.set_yticks([0, 1], ["neg", "pos"])
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{VARIANT_LABELS.get(r['variant'], r['variant'])}: confusion")
-    roc, by_length, calibration = (fig.add_subplot(grid[1, k]) for k in range(3))
-    all_tokens = np.concatenate([recorded_test_split(r)[2] for r in records])
-    edges = np.unique(np.quantile(all_tokens, np.linspace(0, 1, length_bins + 1)))
-    for r in records:
-        labels, p, n_tokens = recorded_test_split(r)
-        name = VARIANT_LABELS.get(r["variant"], r["variant"])
-        fpr, tpr, _ = roc_curve(labels, p)
-        roc.plot(fpr, tpr, label=f"{name} (AUC {r['metrics']['roc_auc']:.3f})")
-        which = np.clip(np.digitize(n_tokens, edges[1:-1]), 0, len(edges) - 2)
-        correct = (p > 0.5).astype(int) == labels
-        filled = [b for b in range(len(edges) - 1) if (which == b).any()]
-        centres = [np.median(n_tokens[which == b]) for b in filled]
-        by_length.plot(centres, [correct[which == b].mean() for b in filled], marker="o", label=name)
-        rel = reliability(labels, p)
-        used = rel["count"] > 0
-        calibration.plot(
-            rel["confidence"][used],
-            rel["accuracy"][used],
-            marker="o",
-            label=f"{name} (ECE {expected_calibration_error(labels, p):.3f})",
-        )
-    roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
-    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
-    max_length = records[0]["config"]["max_length"]
-    by_length.axvline(max_length, color="red", linestyle="--", label=f"max_length {max_length}")
-    by_length.set(
-        xlabel="review length in tokens (bin median)",
-        ylabel="accuracy",
-        title=f"accuracy by length ({len(edges) - 1} equal-count bins)",
-    )
-    calibration.plot([0.5, 1], [0.5, 1], color="grey", linestyle=":", label="perfect calibration")
-    calibration.set(xlabel="confidence (probability of the predicted label)", ylabel="accuracy", title="reliability")
-    for ax in (roc, by_length, calibration):
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 def update_readme(readme: str, records_dirs: list[str]) -> str:
@@ -415,33 +279,3 @@ def compute_matched_table(curves: list[dict]) -> str:
             cells.append("-" if acc is None else f"{acc:.1%} ({setting})")
         lines.append(f"| {VARIANT_LABELS.get(v, v)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def plot_validation_curves(curves: list[dict], baseline_accuracy: float | None = None, hardware: str = ""):
-    """Validation accuracy against training time (every pass) and against peak memory (each run's end).
-
-    One colour per variant, a shade per learning rate (darker = larger); profile runs are dashed.
-    """
-    import matplotlib.pyplot as plt
-
-    colormaps = {"head_only": "Blues", "lora": "Oranges", "nf4_lora": "Greens"}
-    fig, (time_ax, mem_ax) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    for variant in dict.fromkeys(c["variant"] for c in curves):
-        runs = [c for c in curves if c["variant"] == variant]
-        shades = plt.get_cmap(colormaps.get(variant, "Greys"))(np.linspace(0.45, 0.95, len(runs)))
-        for c, colour in zip(sorted(runs, key=lambda c: c["learning_rate"]), shades, strict=True):
-            t, acc, mem = zip(*c["points"], strict=True)
-            style = "--" if "profile run" in c["label"] else "-"
-            time_ax.plot(t, acc, style, marker="o", color=colour, label=c["label"])
-            mem_ax.plot(mem[-1] / 1e9, acc[-1], marker="o", color=colour, linestyle="none")
-    for ax in (time_ax, mem_ax):
-        if baseline_accuracy is not None:
-            ax.axhline(
-                baseline_accuracy, color="grey", linestyle=":", label="TF-IDF + LR (same validation)" if ax is time_ax else None
-            )
-    time_ax.set(xlabel="training time so far (s; validation passes excluded)", ylabel="validation accuracy")
-    mem_ax.set(xlabel="peak training memory of the run (GB)", title="each run's final accuracy")
-    time_ax.legend(fontsize=7, loc="lower right", ncol=2)
-    fig.suptitle(f"Accuracy vs training cost{', ' + hardware if hardware else ''}", fontsize=10)
-    fig.tight_layout()
-    return fig

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import psutil
 import torch
-from datasets import Dataset
-from torch import nn
-from tqdm.auto import tqdm
 from transformers import (
     DataCollatorWithPadding,
     Trainer,
@@ -22,12 +16,11 @@ from transformers import (
     TrainingArguments,
     default_data_collator,
 )
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from peft_sentiment.config import Config, check_variant, config_to_dict
-from peft_sentiment.data import strip_markup
+from peft_sentiment.features import FeatureHead, feature_dataset, length_order, split_features
 from peft_sentiment.hardware import resolve_precision
-from peft_sentiment.metrics import accuracy_interval, classification_metrics, compute_metrics, positive_probabilities
+from peft_sentiment.metrics import accuracy_interval, compute_metrics, positive_probabilities
 from peft_sentiment.models import check_trainable, count_parameters, nf4_kernel
 from peft_sentiment.recording import device_info, library_versions
 
@@ -36,15 +29,18 @@ class TokenCounter:
     """Counts real and padded tokens the model sees, split into training (grad on) and evaluation.
 
     A forward pre-hook on the model is exact whatever the Trainer does between steps (validation
-    passes inside train(), gradient accumulation), so throughput is measured, not estimated.
+    passes inside train(), gradient accumulation), so throughput is measured, not estimated. With
+    `keep_shapes`, `calls` also keeps each forward call's real row lengths and padded length (for FLOPs).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, keep_shapes: bool = False):
+        self.keep_shapes = keep_shapes
         self.reset()
         self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def reset(self) -> None:
         self.tokens = {"train": {"real": 0, "padded": 0}, "eval": {"real": 0, "padded": 0}}
+        self.calls = []
 
     def _count(self, module, args, kwargs) -> None:
         mask = kwargs.get("attention_mask")
@@ -53,13 +49,15 @@ class TokenCounter:
         phase = self.tokens["train" if torch.is_grad_enabled() else "eval"]
         phase["real"] += int(mask.sum())
         phase["padded"] += int(mask.numel())
+        if self.keep_shapes:
+            self.calls.append({"lengths": mask.sum(1).tolist(), "padded": int(mask.shape[1])})
 
     def remove(self) -> None:
         self._handle.remove()
 
 
 class PeakMemory:
-    """Peak memory inside a `with` block: CUDA allocator peak on a GPU, sampled process RSS on a CPU.
+    """Peak memory inside a `with` block (CUDA allocator peak on a GPU, sampled process RSS on a CPU), and its seconds.
 
     `read`, a function returning bytes, is sampled instead, on any device (bench/memory: malloc's live bytes).
     `start_bytes` is the value on entry, which the peak includes: `peak_bytes - start_bytes` is what the
@@ -69,9 +67,11 @@ class PeakMemory:
     def __init__(self, interval_s: float = 0.05, read=None):
         self.interval_s, self.read = interval_s, read
         self.start_bytes = self.peak_bytes = 0
+        self.seconds = 0.0  # the block's wall time
         self._cuda = read is None and torch.cuda.is_available()
 
     def __enter__(self):
+        self._start = time.perf_counter()
         if self._cuda:
             torch.cuda.reset_peak_memory_stats()
             self.start_bytes = torch.cuda.memory_allocated()
@@ -96,23 +96,13 @@ class PeakMemory:
         return torch.cuda.max_memory_allocated() if self._cuda else self.peak_bytes
 
     def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self._start
         if self._cuda:
             self.peak_bytes = torch.cuda.max_memory_allocated()
         else:
             self._stop.set()
             self._thread.join()
         return False
-
-
-def page_in_weights(model) -> None:
-    """Read every weight once, so that a memory measurement taken next counts them as already loaded.
-
-    Weights loaded from safetensors may still be file-mapped pages that enter the process RSS only
-    when first touched (+495 MB for GPT-2 124M): unread, a training step would count them as its own memory.
-    """
-    with torch.no_grad():
-        for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.float().sum() if tensor.is_floating_point() else tensor.sum()
 
 
 class TrainClock(TrainerCallback):
@@ -191,17 +181,6 @@ def make_training_args(cfg: Config, variant: str, **overrides) -> TrainingArgume
     return TrainingArguments(**settings)
 
 
-def length_order(lengths, longest_first: bool = False) -> np.ndarray:
-    """Indices that sort reviews by length (ties in index order; longest-first is that order reversed).
-
-    Batches cut from this order pad each review to a near-equal length: the package's evaluation
-    runs longest-first (the largest batch first: an out-of-memory error comes at once), its frozen
-    pass shortest-first.
-    """
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    return order[::-1] if longest_first else order
-
-
 def predict_in_order(trainer: Trainer, ds) -> tuple:
     """`trainer.predict` on `ds`, run longest-first (least padding), with P(pos) per review in `ds` order."""
     order = length_order(ds["length"], longest_first=True)
@@ -257,115 +236,29 @@ def last_checkpoint(trainer: Trainer) -> str | None:
 def fit(trainer: Trainer, resume: bool = False) -> tuple:
     """`trainer.train()` (from the last checkpoint when `resume`), its validation passes stamped by TrainClock.
 
-    Returns (train output, wall seconds, PeakMemory, the checkpoint resumed from or None).
+    Returns (train output, PeakMemory with the wall seconds, the checkpoint resumed from or None).
     """
     checkpoint = last_checkpoint(trainer) if resume else None
-    with PeakMemory() as memory:
-        trainer.add_callback(TrainClock(memory))
-        start = time.perf_counter()
+    with PeakMemory() as training:
+        trainer.add_callback(TrainClock(training))
         output = trainer.train(resume_from_checkpoint=checkpoint)
-        seconds = time.perf_counter() - start
     trainer.pop_callback(TrainClock)
-    return output, seconds, memory, checkpoint
+    return output, training, checkpoint
 
 
 def train_and_evaluate(trainer: Trainer, test_ds, resume: bool = False) -> dict:
     """Train (from the last checkpoint when `resume`), then evaluate on `test_ds`; timings, tokens, memory."""
     counter = TokenCounter(trainer.model)
-    train_output, train_seconds, train_memory, checkpoint = fit(trainer, resume)
+    train_output, training, checkpoint = fit(trainer, resume)
     # Validation passes inside train() cost time too; they are reported, and excluded from train tokens.
     train_tokens, val_tokens = counter.tokens["train"], counter.tokens["eval"]
     counter.reset()
-    with PeakMemory() as eval_memory:
-        start = time.perf_counter()
+    with PeakMemory() as evaluation:
         prediction, probabilities = predict_in_order(trainer, test_ds)
-        eval_seconds = time.perf_counter() - start
-    eval_tokens = counter.tokens["eval"]
     counter.remove()
-    result = measured_result(
-        trainer,
-        train_output,
-        prediction,
-        probabilities,
-        seconds={"train": train_seconds, "eval": eval_seconds},
-        tokens={"train": train_tokens, "validation": val_tokens, "eval": eval_tokens},
-        memory={"train": train_memory, "eval": eval_memory},
-    )
+    tokens = {"train": train_tokens, "validation": val_tokens, "eval": counter.tokens["eval"]}
+    result = measured_result(trainer, train_output, prediction, probabilities, {"train": training, "eval": evaluation}, tokens)
     return result | {"resumed_from": checkpoint}  # then time and tokens cover only the resumed part
-
-
-class FeatureHead(nn.Module):
-    """The classifier's own `score` layer, applied to cached features: what it sees inside the model."""
-
-    def __init__(self, score: nn.Linear):
-        super().__init__()
-        self.score = score
-
-    def forward(self, features, labels=None):
-        logits = self.score(features)
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
-
-
-@torch.inference_mode()
-def extract_features(model, dataset, tokenizer, batch_size: int, precision: str = "fp32") -> tuple[torch.Tensor, dict]:
-    """The hidden state the head reads (last real token), one frozen forward pass per review, in dataset order.
-
-    Reviews go through in length order, so each batch pads to a near-equal length. `precision` "bf16"
-    runs the pass under bf16 autocast, as the Trainer does for the other variants.
-    """
-    collator = DataCollatorWithPadding(tokenizer)
-    backbone = model.base_model  # GPT2Model / LlamaModel: everything below the head
-    device = next(model.parameters()).device
-    order = length_order(dataset["length"]).tolist()
-    columns = dataset.select_columns(["input_ids", "attention_mask"])
-    features = torch.empty(len(dataset), model.score.in_features)
-    tokens = {"real": 0, "padded": 0}
-    model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc="Frozen forward pass", unit="batch"):
-        rows = order[start : start + batch_size]
-        batch = collator([columns[i] for i in rows]).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            hidden = backbone(**batch).last_hidden_state
-        mask = batch["attention_mask"]
-        last = (mask * torch.arange(mask.shape[1], device=device)).argmax(-1)  # last real token, either padding side
-        features[rows] = hidden[torch.arange(len(rows), device=device), last].float().cpu()
-        tokens["real"] += int(mask.sum())
-        tokens["padded"] += int(mask.numel())
-    return features, tokens
-
-
-def cached_features(
-    model, dataset, tokenizer, batch_size: int, path: Path, reuse: bool, precision: str = "fp32"
-) -> tuple[torch.Tensor, dict]:
-    """`extract_features`, saved to `path`; with `reuse`, loaded from it instead when it holds this very input.
-
-    The key is the tokenized dataset's fingerprint (data, subset, tokenizer, max length, suffix) and
-    the model's path, so features of other reviews or another model are never reused.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    key = {"dataset": dataset._fingerprint, "model": str(model.config.name_or_path), "precision": precision}
-    if reuse and path.is_file():
-        try:
-            with safe_open(str(path), framework="pt") as stored:
-                meta = stored.metadata()
-                if {k: meta.get(k) for k in key} == key:
-                    return stored.get_tensor("features"), json.loads(meta["tokens"])
-        except Exception as err:  # a damaged file (safetensors' own error type): computed again below
-            warnings.warn(f"Cached features {path} are unreadable ({err}); computing them again.", stacklevel=2)
-    features, tokens = extract_features(model, dataset, tokenizer, batch_size, precision)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: DDP ranks write the same features
-    save_file({"features": features.contiguous()}, str(tmp), metadata=key | {"tokens": json.dumps(tokens)})
-    tmp.replace(path)  # atomic: a crash mid-write leaves no half file to reuse
-    return features, tokens
-
-
-def feature_dataset(features: torch.Tensor, labels) -> Dataset:
-    """Cached features with their labels, as the Trainer expects."""
-    return Dataset.from_dict({"features": features.numpy(), "labels": list(labels)}).with_format("torch")
 
 
 def fit_head(cfg: Config, model, features: dict, labels: dict, memory: PeakMemory, clock_offset: float = 0.0):
@@ -386,21 +279,6 @@ def fit_head(cfg: Config, model, features: dict, labels: dict, memory: PeakMemor
     return trainer, trainer.train()
 
 
-def split_features(cfg: Config, model, tokenizer, splits, names, resume: bool) -> tuple[dict, dict, dict]:
-    """The frozen model's features of each split in `names` (cached in cfg.work_dir), their tokens and seconds."""
-    folder = Path(cfg.work_dir) / "head_only"
-    features, tokens, seconds = {}, {}, {}
-    for name in names:
-        start = time.perf_counter()
-        path = folder / f"features-{name}.safetensors"
-        precision = resolve_precision(cfg.precision)
-        features[name], tokens[name] = cached_features(
-            model, splits[name], tokenizer, cfg.eval_batch_size, path, resume, precision
-        )
-        seconds[name] = time.perf_counter() - start
-    return features, tokens, seconds
-
-
 def train_head_on_features(cfg: Config, model, tokenizer, splits, resume: bool = False) -> tuple[Trainer, dict]:
     """Head-only training that pays the frozen forward pass once per review instead of once per epoch.
 
@@ -410,45 +288,37 @@ def train_head_on_features(cfg: Config, model, tokenizer, splits, resume: bool =
     # the Trainer would move only the head; the frozen pass needs the GPU too
     model.to(make_training_args(cfg, "head_only").device)
     labels = {name: splits[name]["label"] for name in ("train", "validation", "test")}
-    with PeakMemory() as train_memory:
-        start = time.perf_counter()
+    with PeakMemory() as training:
         features, tokens, seconds = split_features(cfg, model, tokenizer, splits, ("train", "validation"), resume)
-        trainer, train_output = fit_head(cfg, model, features, labels, train_memory, clock_offset=seconds["train"])
-        train_seconds = time.perf_counter() - start
-    with PeakMemory() as eval_memory:
-        start = time.perf_counter()
+        trainer, train_output = fit_head(cfg, model, features, labels, training, clock_offset=seconds["train"])
+    with PeakMemory() as evaluation:
         test, test_tokens, _ = split_features(cfg, model, tokenizer, splits, ("test",), resume)
         prediction = trainer.predict(feature_dataset(test["test"], labels["test"]), metric_key_prefix="test")
         probabilities = [round(float(p), 6) for p in positive_probabilities(prediction.predictions)]  # sequential: in order
-        eval_seconds = time.perf_counter() - start
-    result = measured_result(
-        trainer,
-        train_output,
-        prediction,
-        probabilities,
-        seconds={"train": train_seconds, "eval": eval_seconds},
-        tokens={"train": tokens["train"], "validation": tokens["validation"], "eval": test_tokens["test"]},
-        memory={"train": train_memory, "eval": eval_memory},
-    )
+    tokens = {"train": tokens["train"], "validation": tokens["validation"], "eval": test_tokens["test"]}
+    result = measured_result(trainer, train_output, prediction, probabilities, {"train": training, "eval": evaluation}, tokens)
     return trainer, result | {"feature_seconds": sum(seconds.values()), "head_epochs": cfg.head_epochs}
 
 
-def measured_result(trainer, train_output, prediction, probabilities, seconds, tokens, memory) -> dict:
-    """The measured part of a record: loss, times, tokens, peak memory, test metrics with their 95% interval."""
+def measured_result(trainer, train_output, prediction, probabilities, phases: dict, tokens: dict) -> dict:
+    """The measured part of a record: loss, times, tokens, peak memory, test metrics with their 95% interval.
+
+    `phases` holds the PeakMemory of training ("train") and of the test pass ("eval"): each its seconds and peak.
+    """
     metrics = {k.removeprefix("test_"): v for k, v in prediction.metrics.items() if not k.endswith(("runtime", "per_second"))}
     metrics.pop("loss", None)
     n_test = len(probabilities)
     return {
         "metrics": {**metrics, "accuracy_ci95": list(accuracy_interval(metrics["accuracy"], n_test)), "test_reviews": n_test},
         "train_loss": train_output.training_loss,
-        "train_seconds": seconds["train"],
-        "eval_seconds": seconds["eval"],
+        "train_seconds": phases["train"].seconds,
+        "eval_seconds": phases["eval"].seconds,
         "train_tokens": tokens["train"],
         "validation_tokens": tokens["validation"],
         "eval_tokens": tokens["eval"],
-        "train_tokens_per_s": tokens["train"]["real"] / seconds["train"],
-        "eval_tokens_per_s": tokens["eval"]["real"] / seconds["eval"],
-        "peak_memory_bytes": {"train": memory["train"].peak_bytes, "eval": memory["eval"].peak_bytes},
+        "train_tokens_per_s": tokens["train"]["real"] / phases["train"].seconds,
+        "eval_tokens_per_s": tokens["eval"]["real"] / phases["eval"].seconds,
+        "peak_memory_bytes": {name: phase.peak_bytes for name, phase in phases.items()},
         "log_history": trainer.state.log_history,
         "predictions": probabilities,
     }
@@ -479,45 +349,8 @@ def train_variant(cfg: Config, variant: str, model, tokenizer, splits, resume: b
         "model_bytes": int(model.get_memory_footprint()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **result,
-        # what the analysis plots need beside the predictions (report.plot_analysis)
+        # what the analysis plots need beside the predictions (plots.plot_analysis)
         "test_labels": [int(x) for x in splits["test"]["label"]],
         "test_n_tokens": [int(x) for x in splits["test"]["n_tokens"]],
     }
     return trainer, record
-
-
-def train_tfidf_baseline(splits, seed: int, cs=(0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)) -> dict:
-    """TF-IDF (word 1-2 grams) + logistic regression on the same subsets; C chosen on validation, never test."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
-    with PeakMemory() as memory:
-        start = time.perf_counter()
-        vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-        train_x = vectorizer.fit_transform(strip_markup(splits["train"]["text"]))
-        val_x = vectorizer.transform(strip_markup(splits["validation"]["text"]))
-        scores = {}
-        for c in cs:
-            clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(train_x, splits["train"]["label"])
-            scores[c] = clf.score(val_x, splits["validation"]["label"])
-        best_c = max(scores, key=scores.get)  # the first (most regularised) of equal scores
-        clf = LogisticRegression(C=best_c, max_iter=2000, random_state=seed).fit(train_x, splits["train"]["label"])
-        train_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        probs = clf.predict_proba(vectorizer.transform(strip_markup(splits["test"]["text"])))[:, 1]
-        eval_seconds = time.perf_counter() - start
-    metrics = classification_metrics(splits["test"]["label"], probs)
-    n_test = len(splits["test"])
-    return {
-        "variant": "tfidf_logreg",
-        "metrics": {**metrics, "accuracy_ci95": list(accuracy_interval(metrics["accuracy"], n_test)), "test_reviews": n_test},
-        "validation_accuracy_by_C": {str(c): s for c, s in scores.items()},
-        "C": best_c,
-        "features": len(vectorizer.vocabulary_),
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "peak_memory_bytes": {"train": memory.peak_bytes},
-        "versions": library_versions(),
-        "device": device_info(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }

@@ -97,14 +97,14 @@ def toy_splits(toy_cfg):
 
 @pytest.fixture(scope="session")
 def tiny_model_path(toy_splits):
-    from peft_sentiment.models import resolve_model
+    from peft_sentiment.catalog import resolve_model
 
     return resolve_model("tiny-gpt2", texts=toy_splits["train"]["text"])
 
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model_path):
-    from peft_sentiment.models import load_tokenizer
+    from peft_sentiment.catalog import load_tokenizer
 
     return load_tokenizer(tiny_model_path)
 
@@ -175,11 +175,17 @@ def records():
     ]
 
 
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
 def load_bench(name: str):
     """A bench/ script imported as a module (bench/ is not a package), to test its functions."""
     import importlib.util
+    import sys
 
-    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    if str(BENCH) not in sys.path:  # as when the script runs: its folder first, for `import harness`
+        sys.path.insert(0, str(BENCH))
+    path = BENCH / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

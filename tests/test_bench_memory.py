@@ -49,7 +49,7 @@ def test_what_the_estimate_says_will_not_fit_is_skipped_not_run(tiny_model_path,
 
     bench = load_bench("memory")
     monkeypatch.setattr(bench.psutil, "virtual_memory", lambda: SimpleNamespace(available=1_000))  # 1 kB free
-    monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: pytest.fail("a run that cannot fit was started"))
+    monkeypatch.setattr(bench, "run_in_worker", lambda *a, **k: pytest.fail("a run that cannot fit was started"))
     out, readme = tmp_path / "memory.json", tmp_path / "README.md"
     readme.write_text("<!-- memory:start -->\nold\n<!-- memory:end -->\n")
     argv = ["--models", tiny_model_path, "--variants", "lora", "--batch", "2", "--seq-len", "32"]

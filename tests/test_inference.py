@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from peft_sentiment import inference
+from peft_sentiment import catalog, inference
 from peft_sentiment.models import build_variant
 
 
@@ -66,10 +66,9 @@ def test_model_card_parses_and_names_no_machine_path(saved, tmp_path):
     assert card.data.library_name == "peft" and card.data.base_model == "tiny-gpt2" and card.data.datasets == ["stanfordnlp/imdb"]
     assert str(tmp_path.anchor + "tmp") not in card.text and "/pytest-" not in card.text
     # a base with a Hub id is recorded by it, for AutoPeftModel, and the card says where its weights came from
-    from peft_sentiment import models
 
-    assert models.hub_base_model("smollm2-135m", "/any/cache/smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert models.hub_base_model("gpt2", "gpt2") == "gpt2"
+    assert catalog.hub_base_model("smollm2-135m", "/any/cache/smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert catalog.hub_base_model("gpt2", "gpt2") == "gpt2"
     smollm2 = {"variant": "lora", "base_model": "smollm2-135m", "hub_base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
                "profile": "cpu", "max_length": 256, "labels": ["neg", "pos"], "quantization": None}  # fmt: skip
     card = ModelCard(inference.model_card(smollm2, None))

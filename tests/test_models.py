@@ -12,26 +12,22 @@ def trainable_names(model):
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_tiny_model_is_built_once_and_reused(toy_splits, tiny_model_path):
-    assert models.resolve_model("tiny-gpt2", texts=toy_splits["train"]["text"]) == tiny_model_path
-    with pytest.raises(ValueError, match="pass the training texts"):
-        models.resolve_model("tiny-gpt2")
+def test_lora_targets_every_projection_of_the_architecture_never_the_head(tiny_model_path, tokenizer, lora_config):
+    """peft's "all-linear" adapts exactly the attention and MLP projections, for GPT-2 and for Llama."""
+    from peft import get_peft_model
+    from transformers import LlamaConfig, LlamaForSequenceClassification
 
-
-def test_unknown_short_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="Valid short names: tiny-gpt2"):
-        models.resolve_model("tiny-llama")
-
-
-def test_tokenizer_gets_a_pad_token(tokenizer):
-    assert tokenizer.pad_token == tokenizer.eos_token is not None
-
-
-def test_lora_targets_follow_the_architecture(tiny_model_path, toy_cfg):
-    assert models.lora_targets_for(tiny_model_path) == ("c_attn", "c_proj", "c_fc")
-    lora = models.make_lora_config(toy_cfg, tiny_model_path)
-    assert set(lora.target_modules) == {"c_attn", "c_proj", "c_fc"} and lora.fan_in_fan_out
-    assert models.LORA_TARGETS["llama"][:4] == ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert lora_config.target_modules == "all-linear" and lora_config.fan_in_fan_out  # GPT-2's Conv1D is (in, out)
+    gpt2 = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
+    assert models.adapted_module_names(gpt2) == ["c_attn", "c_proj", "c_fc"]
+    llama = LlamaForSequenceClassification(
+        LlamaConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
+                    vocab_size=64, pad_token_id=0)
+    )  # fmt: skip
+    llama = get_peft_model(llama, models.lora_config(4, 16, 0.0, None, "llama"))
+    assert models.adapted_module_names(llama) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    named = models.lora_config(4, 16, 0.0, ("c_attn",), "gpt2")  # lora_targets narrows it
+    assert named.target_modules == {"c_attn"}
 
 
 def test_head_only_trains_only_the_head(tiny_model_path, tokenizer):
@@ -92,12 +88,6 @@ def test_count_parameters(tiny_model_path, tokenizer):
     model = build_variant("head_only", tiny_model_path, tokenizer, seed=0)
     counts = models.count_parameters(model)
     assert counts["trainable"] == 64 * 2 and counts["total"] == sum(p.numel() for p in model.parameters())
-
-
-def test_max_length_beyond_the_models_positions_is_refused(tiny_model_path):
-    models.check_max_length(tiny_model_path, 256)
-    with pytest.raises(ValueError, match="exceeds the 256 positions"):
-        models.check_max_length(tiny_model_path, 512)
 
 
 def test_nf4_without_bitsandbytes_says_what_to_install(monkeypatch):

@@ -20,7 +20,7 @@ def test_committed_notebook_is_clean_or_one_stamped_run():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1 and 'PROFILE = "full"' in tagged[0].source  # the profile of a run comes from PEFT_PROFILE
+    assert len(tagged) == 1 and "PROFILE = None" in tagged[0].source  # None: PEFT_PROFILE, else full (config.resolve_profile)
     if all(not c.outputs and c.execution_count is None for c in code):
         return  # clean
     # Outputs must be those of one top-to-bottom run (bench/notebook.py), said so in the first cell.

@@ -1,7 +1,7 @@
 import pytest
 from conftest import fake_record
 
-from peft_sentiment import recording, report
+from peft_sentiment import plots, recording, report
 
 
 def test_table_and_summary_come_from_the_records(records):
@@ -16,14 +16,14 @@ def test_table_and_summary_come_from_the_records(records):
 
 
 def test_plots_draw_one_bar_per_variant(records):
-    fig = report.plot_comparison(records)
+    fig = plots.plot_comparison(records)
     assert [len(ax.patches) for ax in fig.axes] == [3, 3, 3]
-    assert len(report.plot_learning_curves(records).axes[0].lines) == 3
+    assert len(plots.plot_learning_curves(records).axes[0].lines) == 3
 
 
 def test_accuracy_vs_cost_plot_has_every_method(records):
     baseline = {**fake_record("lora", 0.85, 1.0, 0), "variant": "tfidf_logreg"}
-    fig = report.plot_accuracy_vs_cost(records, [baseline])
+    fig = plots.plot_accuracy_vs_cost(records, [baseline])
     assert [len(ax.texts) for ax in fig.axes] == [4, 4]
     assert "TF-IDF + LR" in [t.get_text() for t in fig.axes[0].texts]
 
@@ -60,7 +60,7 @@ def test_analysis_needs_labels_and_draws_every_variant(records):
     assert list(table["true pos"]) == [1, 1, 1] and list(table["false pos"]) == [1, 1, 1]
     assert table.loc["LoRA", "truncated reviews"] == 2 and table.loc["LoRA", "accuracy truncated"] == 1.0
     assert table.loc["LoRA", "accuracy whole reviews"] == 0.5
-    fig = report.plot_analysis(rich)
+    fig = plots.plot_analysis(rich)
     assert len(fig.axes) == 6
     with pytest.raises(ValueError, match="not the record's test reviews"):
         report.attach_test_data(rich[0], _Split({"label": [0, 1, 1, 1], "n_tokens": [1, 1, 1, 1]}))
@@ -122,7 +122,7 @@ def test_compute_matched_table_gives_each_runs_best_accuracy_within_each_budget(
     assert lines[2] == "| head-only | 75.0% (lr 0.001) | 75.0% (lr 0.001) | 75.0% (lr 0.001) | 75.0% (lr 0.001) |"
     assert lines[3] == "| LoRA | - | 90.0% (lr 0.0001) | - | 90.0% (lr 0.0001) |"  # its best run in each budget
 
-    fig = report.plot_validation_curves([fast, slow], baseline_accuracy=0.8, hardware="test machine")
+    fig = plots.plot_validation_curves([fast, slow], baseline_accuracy=0.8, hardware="test machine")
     time_ax, mem_ax = fig.axes
     assert len(time_ax.lines) == 3 and list(time_ax.lines[1].get_xdata()) == [10.0, 20.0]  # two runs, the baseline
     assert list(mem_ax.lines[1].get_xdata()) == [4.0]  # GB: the run's peak, at its final accuracy

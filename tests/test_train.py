@@ -4,18 +4,16 @@ import pytest
 import torch
 from transformers import DataCollatorWithPadding
 
-from peft_sentiment import VARIANTS, train
+from peft_sentiment import VARIANTS, features, train
+from peft_sentiment.features import extract_features, feature_dataset
 from peft_sentiment.inference import pos_probabilities, predict_reviews
 from peft_sentiment.models import build_variant
 from peft_sentiment.recording import check_record
 from peft_sentiment.train import (
     TokenCounter,
-    extract_features,
-    feature_dataset,
     make_trainer,
     make_training_args,
     train_head_on_features,
-    train_tfidf_baseline,
     train_variant,
 )
 
@@ -85,7 +83,7 @@ def test_head_only_resume_reuses_the_saved_features(toy_cfg, tiny_model_path, to
     def no_forward_pass(*args, **kwargs):
         raise AssertionError("the frozen forward pass ran again")
 
-    monkeypatch.setattr(train, "extract_features", no_forward_pass)
+    monkeypatch.setattr(features, "extract_features", no_forward_pass)
     model = build_variant("head_only", tiny_model_path, tokenizer, seed=cfg.seed)
     resumed = train_variant(cfg, "head_only", model, tokenizer, toy_tokenized, resume=True)[1]
     assert resumed["metrics"] == first["metrics"] and resumed["predictions"] == first["predictions"]
@@ -94,18 +92,6 @@ def test_head_only_resume_reuses_the_saved_features(toy_cfg, tiny_model_path, to
         train_variant(
             cfg, "head_only", model, tokenizer, {**toy_tokenized, "test": toy_tokenized["test"].select(range(8))}, resume=True
         )
-
-
-def test_cached_features_are_exactly_what_the_head_sees(tiny_model_path, tokenizer, toy_tokenized):
-    model = build_variant("head_only", tiny_model_path, tokenizer, seed=0)
-    subset = toy_tokenized["test"].select(range(10))
-    features, tokens = extract_features(model, subset, tokenizer, batch_size=4)
-    assert tokens["real"] == sum(subset["length"])
-    collator = DataCollatorWithPadding(tokenizer)
-    with torch.no_grad():
-        for i in range(3):  # one review at a time: no padding at all inside the model
-            row = collator([subset.select_columns(["input_ids", "attention_mask"])[i]])
-            assert torch.allclose(model(**row).logits[0], model.score(features[i]), atol=1e-5)
 
 
 def test_head_on_cached_features_trains_the_models_own_head(toy_cfg, tiny_model_path, tokenizer, toy_tokenized):
@@ -124,14 +110,6 @@ def test_head_on_cached_features_trains_the_models_own_head(toy_cfg, tiny_model_
         assert torch.allclose(model(**rows).logits[0], torch.as_tensor(probs.predictions[0]), atol=1e-5)
 
 
-def test_tfidf_baseline_tunes_on_validation_and_reports_test(toy_splits):
-    result = train_tfidf_baseline(toy_splits, seed=0, cs=(0.1, 10.0))
-    assert set(result["validation_accuracy_by_C"]) == {"0.1", "10.0"}
-    assert result["C"] == max((0.1, 10.0), key=lambda c: result["validation_accuracy_by_C"][str(c)])
-    assert result["metrics"]["test_reviews"] == len(toy_splits["test"])
-    assert result["metrics"]["accuracy"] > 0.9  # the toy labels are given by words: TF-IDF finds them
-
-
 def test_recorded_predictions_are_in_test_order(toy_cfg, tiny_model_path, tokenizer, toy_splits, toy_tokenized, lora_config):
     model = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
     _, record = train_variant(toy_cfg, "lora", model, tokenizer, toy_tokenized)
@@ -142,22 +120,6 @@ def test_recorded_predictions_are_in_test_order(toy_cfg, tiny_model_path, tokeni
     labels = [int(p > 0.5) for p in record["predictions"]]
     hits = sum(a == b for a, b in zip(labels, toy_splits["test"]["label"], strict=True))
     assert hits / len(labels) == pytest.approx(record["metrics"]["accuracy"])
-
-
-def test_page_in_weights_leaves_nothing_for_a_step_to_page_in(tmp_path):
-    """Safetensors weights may be file-mapped: once paged in, reading them again adds no memory."""
-    import psutil
-    from transformers import GPT2Config, GPT2ForSequenceClassification
-
-    GPT2ForSequenceClassification(GPT2Config(n_layer=2, vocab_size=50000, n_embd=768)).save_pretrained(tmp_path)
-    model = GPT2ForSequenceClassification.from_pretrained(tmp_path)  # ~210 MB of weights
-    train.page_in_weights(model)
-    rss = psutil.Process().memory_info().rss
-    for p in model.parameters():  # what a training step's first forward would touch
-        p.detach().sum()
-    assert psutil.Process().memory_info().rss - rss < 0.05 * model.get_memory_footprint()
-    reloaded = dict(GPT2ForSequenceClassification.from_pretrained(tmp_path).named_parameters())
-    assert all(torch.equal(reloaded[name], p) for name, p in model.named_parameters())  # read, not changed
 
 
 def test_last_checkpoint_passes_over_one_cut_short_by_a_crash(tmp_path):
