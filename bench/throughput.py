@@ -27,7 +27,7 @@ pipelines alternating batch by batch (`measure_eval_paired`): this machine's spe
 over minutes for two processes' rates to be compared.
 The baseline also keeps transformers' stock GPT-2 activation ("gelu_new", eight elementwise ops)
 where the project loads the same function fused (models.FUSED_ACTIVATIONS).
-MFU = model FLOPs on real tokens (peft_sentiment.cost) / time / the n x n matmul peak measured here.
+MFU = model FLOPs on real tokens (bench/cost.py) / time / the n x n matmul peak measured here.
 
     python bench/throughput.py --ablations   # ~4 min: writes results/throughput/<device>-ablations.json
 
@@ -49,6 +49,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import cost
 import numpy as np
 import psutil
 import torch
@@ -56,7 +57,7 @@ from harness import page_in_weights, run_in_worker
 from transformers import AutoConfig, TrainerCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from peft_sentiment import VARIANTS, catalog, cost, data, features, models, recording, report, train
+from peft_sentiment import VARIANTS, catalog, data, features, models, recording, report, train
 from peft_sentiment.config import make_config
 from peft_sentiment.pipeline import prepare_data
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from peft_sentiment import VARIANTS
 from peft_sentiment.hardware import PRECISIONS
 
+TRUNCATIONS = ("head", "tail", "head+tail")  # which tokens of a review longer than max_length are kept (data.truncate)
+
 PROFILE_ENV = "PEFT_PROFILE"
 DATA_DIR_ENV = "IMDB_DATA_DIR"
 
@@ -34,6 +36,8 @@ class Config:
     test_size: int | None  # balanced, seeded subset of the 25k test reviews; None = all
     max_length: int  # tokens per review after truncation (the prompt suffix included)
     prompt_suffix: str  # appended to every review, after truncation; "" = the review alone
+    truncation: str  # which tokens of a longer review are kept: "head", "tail" or "head+tail" (data.truncate)
+    truncation_head_share: float  # head+tail: the share of the kept tokens taken from the review's start
     # --- training ---
     epochs: float
     train_batch_size: int
@@ -83,6 +87,8 @@ FULL = Config(
     test_size=None,
     max_length=512,  # the reference setting; most IMDB reviews fit, the longest are cut
     prompt_suffix="",  # the reference setup: the review alone
+    truncation="head",  # the reference setup: the review's end is cut
+    truncation_head_share=0.25,  # Sun et al. (2019): 128 + 382 of 510 tokens
     epochs=1,
     train_batch_size=16,
     eval_batch_size=64,
@@ -244,6 +250,10 @@ def validate_config(cfg: Config) -> None:
         raise ValueError(f"lora_dropout={cfg.lora_dropout}: must be in [0, 1).")
     if cfg.nf4_compute_dtype not in _DTYPES:
         raise ValueError(f"nf4_compute_dtype={cfg.nf4_compute_dtype!r}: choose one of {', '.join(_DTYPES)}.")
+    if cfg.truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation={cfg.truncation!r}: choose one of {', '.join(TRUNCATIONS)}.")
+    if not 0 <= cfg.truncation_head_share <= 1:
+        raise ValueError(f"truncation_head_share={cfg.truncation_head_share}: must be in [0, 1].")
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision={cfg.precision!r}: choose one of {', '.join(PRECISIONS)}.")
 

@@ -63,6 +63,8 @@ def adapter_meta(cfg, variant: str, model_path: str, bnb_config: BitsAndBytesCon
         "labels": list(LABEL_NAMES),
         "max_length": cfg.max_length,
         "prompt_suffix": cfg.prompt_suffix,
+        "truncation": cfg.truncation,
+        "truncation_head_share": cfg.truncation_head_share,
         "profile": cfg.profile,
         "precision": resolve_precision(cfg.precision),
         "quantization": None if bnb_config is None else bnb_config.to_dict(),
@@ -72,7 +74,7 @@ def adapter_meta(cfg, variant: str, model_path: str, bnb_config: BitsAndBytesCon
 
 
 def model_card(meta: dict, record: dict | None) -> str:
-    """A short Hugging Face model card: base model, data, profile, metrics, how to load."""
+    """A short Hugging Face model card: base model, data, profile, metrics, how to load (one template, read top to bottom)."""
     variant = VARIANT_LABELS.get(meta["variant"], meta["variant"])
     hub_id = meta["hub_base_model"]
     base = meta["base_model"] if Path(hub_id).is_absolute() else hub_id  # a card names no machine's folder
@@ -227,17 +229,37 @@ def make_pipeline(model_dir: str):
 
 
 @torch.inference_mode()
+def encoding(meta: dict) -> dict:
+    """How an adapter's reviews were encoded, as `predict_reviews` takes it (adapters from before truncation settings: head)."""
+    return {
+        "max_length": meta["max_length"],
+        "suffix": meta["prompt_suffix"],
+        "truncation": meta.get("truncation", "head"),
+        "head_share": meta.get("truncation_head_share", 0.25),
+    }
+
+
 def predict_reviews(
-    model, tokenizer, texts: list[str], max_length: int, suffix: str = "", batch_size: int = 32, progress: bool = False
+    model,
+    tokenizer,
+    texts: list[str],
+    max_length: int,
+    suffix: str = "",
+    batch_size: int = 32,
+    progress: bool = False,
+    truncation: str = "head",
+    head_share: float = 0.25,
 ) -> list[dict]:
-    """Label and probability of the predicted label for each text, in input order, encoded as in training."""
+    """Label and probability of the predicted label for each text, in input order, encoded as in training (`encoding`)."""
     if isinstance(texts, str):
         texts = [texts]
     device = next(model.parameters()).device
     collator = DataCollatorWithPadding(tokenizer)
     results = []
     for start in tqdm(range(0, len(texts), batch_size), desc="Classifying", unit="batch", disable=not progress):
-        ids = encode_reviews(texts[start : start + batch_size], tokenizer, max_length, suffix)["input_ids"]
+        ids = encode_reviews(texts[start : start + batch_size], tokenizer, max_length, suffix, truncation, head_share)[
+            "input_ids"
+        ]
         batch = collator([{"input_ids": row, "attention_mask": [1] * len(row)} for row in ids])
         probs = torch.softmax(model(**batch.to(device)).logits.float(), dim=-1)
         for row in probs.tolist():

@@ -31,7 +31,10 @@ def prepare_data(cfg: Config, splits: DatasetDict | None = None) -> Prepared:
     model_path = catalog.resolve_model(cfg.model_name, texts=splits["train"]["text"])
     catalog.check_max_length(model_path, cfg.max_length)
     tokenizer = catalog.load_tokenizer(model_path)
-    return Prepared(splits, model_path, tokenizer, data.tokenize_reviews(splits, tokenizer, cfg.max_length, cfg.prompt_suffix))
+    tokenized = data.tokenize_reviews(
+        splits, tokenizer, cfg.max_length, cfg.prompt_suffix, cfg.truncation, cfg.truncation_head_share
+    )
+    return Prepared(splits, model_path, tokenizer, tokenized)
 
 
 def run_training(cfg: Config, variants=VARIANTS, *, resume: bool = False, command: str | None = None, splits=None) -> list[dict]:
@@ -78,7 +81,7 @@ def evaluate_adapter(adapter: str, overrides: dict) -> dict:
     test = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))["test"]
     model, tokenizer = inference.load_adapter(adapter)  # as trained: reproduces the record on every CPU
     out = inference.predict_reviews(
-        model, tokenizer, test["text"], meta["max_length"], meta["prompt_suffix"], cfg.eval_batch_size, progress=True
+        model, tokenizer, test["text"], batch_size=cfg.eval_batch_size, progress=True, **inference.encoding(meta)
     )
     probs = inference.pos_probabilities(out)
     m = metrics.classification_metrics(test["label"], probs)

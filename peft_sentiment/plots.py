@@ -91,9 +91,8 @@ def plot_analysis(records: list[dict], length_bins: int = 5):
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-    n = len(records)
-    fig = plt.figure(figsize=(4 * max(n, 3), 8))
-    grid = fig.add_gridspec(2, max(n, 3))
+    fig = plt.figure(figsize=(4 * max(len(records), 3), 8))
+    grid = fig.add_gridspec(2, max(len(records), 3))
     for i, r in enumerate(records):  # top row: one confusion matrix per variant
         labels, p, _ = recorded_test_split(r)
         ax = fig.add_subplot(grid[0, i])
@@ -108,35 +107,32 @@ def plot_analysis(records: list[dict], length_bins: int = 5):
         labels, p, n_tokens = recorded_test_split(r)
         name = VARIANT_LABELS.get(r["variant"], r["variant"])
         RocCurveDisplay.from_predictions(labels, p, name=name, ax=roc)
-        which = np.clip(np.digitize(n_tokens, edges[1:-1]), 0, len(edges) - 2)
-        correct = (p > 0.5).astype(int) == labels
-        filled = [b for b in range(len(edges) - 1) if (which == b).any()]
-        centres = [np.median(n_tokens[which == b]) for b in filled]
-        by_length.plot(centres, [correct[which == b].mean() for b in filled], marker="o", label=name)
+        by_length.plot(*accuracy_by_length(labels, p, n_tokens, edges), marker="o", label=name)
         # scikit-learn's CalibrationDisplay bins P(pos) over [0, 1]; ECE bins the predicted label's confidence
         rel = reliability(labels, p)
         used = rel["count"] > 0
-        calibration.plot(
-            rel["confidence"][used],
-            rel["accuracy"][used],
-            marker="o",
-            label=f"{name} (ECE {expected_calibration_error(labels, p):.3f})",
-        )
+        ece = expected_calibration_error(labels, p)
+        calibration.plot(rel["confidence"][used], rel["accuracy"][used], marker="o", label=f"{name} (ECE {ece:.3f})")
     roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
     roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     max_length = records[0]["config"]["max_length"]
     by_length.axvline(max_length, color="red", linestyle="--", label=f"max_length {max_length}")
-    by_length.set(
-        xlabel="review length in tokens (bin median)",
-        ylabel="accuracy",
-        title=f"accuracy by length ({len(edges) - 1} equal-count bins)",
-    )
+    by_length.set(xlabel="review length in tokens (bin median)", ylabel="accuracy",
+                  title=f"accuracy by length ({len(edges) - 1} equal-count bins)")  # fmt: skip
     calibration.plot([0.5, 1], [0.5, 1], color="grey", linestyle=":", label="perfect calibration")
     calibration.set(xlabel="confidence (probability of the predicted label)", ylabel="accuracy", title="reliability")
     for ax in (roc, by_length, calibration):
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def accuracy_by_length(labels, probabilities, n_tokens, edges) -> tuple[list, list]:
+    """Per length bin (`edges`) that holds reviews: the median length and the accuracy."""
+    which = np.clip(np.digitize(n_tokens, edges[1:-1]), 0, len(edges) - 2)
+    correct = (probabilities > 0.5).astype(int) == labels
+    filled = [b for b in range(len(edges) - 1) if (which == b).any()]
+    return [np.median(n_tokens[which == b]) for b in filled], [correct[which == b].mean() for b in filled]
 
 
 def plot_validation_curves(curves: list[dict], baseline_accuracy: float | None = None, hardware: str = ""):

@@ -36,7 +36,7 @@ def test_memory_bench_compares_estimate_and_measurement(tiny_model_path, model_c
     # NF4 LoRA's step dequantizes weights and keeps activations and optimizer state: always more.
     assert head["measured_added_heap_bytes"] >= 0 and nf4["measured_added_heap_bytes"] > 0
     assert "live heap" in readme.read_text()
-    assert nf4["estimate"]["weights"] == pytest.approx(nf4["model_bytes"], rel=0.1)  # as tests/test_cost.py checks
+    assert nf4["estimate"]["weights"] == pytest.approx(nf4["model_bytes"], rel=0.1)  # as tests/test_bench_cost.py checks
     text = readme.read_text()
     assert "old" not in text and record["command"] in text and "| NF4 LoRA |" in text
     assert recording.VARIANT_LABELS["head_only"] in text

@@ -46,11 +46,26 @@ def test_unknown_parameter_lists_the_valid_ones():
         ({"max_length": 0}, "max_length=0"),
         ({"lora_dropout": 1.0}, "lora_dropout"),
         ({"nf4_compute_dtype": "int4"}, "nf4_compute_dtype"),
+        ({"truncation": "middle"}, "truncation='middle': choose one of head, tail, head\\+tail"),
+        ({"truncation_head_share": 1.5}, "truncation_head_share=1.5"),
+        ({"lora_r": "abc"}, "lora_r='abc': must be an integer"),
+        ({"train_size": 2.5}, "train_size=2.5: must be an integer or None"),
+        ({"head_on_cached_features": "yes"}, "head_on_cached_features='yes': must be True or False"),
     ],
 )
 def test_bad_values_are_rejected_before_any_work(override, message):
     with pytest.raises(ValueError, match=message):
         make_config("smoke", **override)
+
+
+def test_profiles_are_full_plus_their_differences():
+    from peft_sentiment.config import FULL, config_to_dict
+
+    full = config_to_dict(FULL)
+    for name in ("cpu", "smoke"):
+        changed = {k for k, v in config_to_dict(PROFILES[name]).items() if v != full[k]}
+        assert changed and "seed" not in changed and {"profile", "model_name"} <= changed
+    assert make_config("cpu").precision == make_config("full").precision == "auto"
 
 
 def test_overrides_leave_the_profile_untouched_and_serialise():

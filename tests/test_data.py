@@ -88,3 +88,29 @@ def test_collator_pads_each_batch_to_its_longest_row(toy_tokenized, tokenizer):
     assert batch["input_ids"].shape == (4, longest)
     assert batch["attention_mask"].sum().item() == sum(r["length"] for r in rows)
     assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
+
+
+@pytest.mark.parametrize(
+    "truncation, kept",
+    [("head", [0, 1, 2, 3]), ("tail", [6, 7, 8, 9]), ("head+tail", [0, 7, 8, 9])],
+)
+def test_truncation_keeps_the_start_the_end_or_both(truncation, kept):
+    ids = list(range(10))
+    assert data.truncate(ids, 4, truncation, head_share=0.25) == kept
+    assert data.truncate(ids, 12, truncation) == ids  # a review that fits is never cut
+    assert data.truncate(ids, 4, "head+tail", head_share=0.5) == [0, 1, 8, 9]
+
+
+def test_every_truncation_keeps_the_prompt_suffix_whole(tokenizer):
+    long_review = " ".join(["good"] * 20 + ["awful"] * 20)
+    suffix = " Overall"
+    suffix_ids = tokenizer(suffix, add_special_tokens=False)["input_ids"]
+    for truncation in ("head", "tail", "head+tail"):
+        enc = data.encode_reviews([long_review], tokenizer, 16, suffix, truncation)
+        ids = enc["input_ids"][0]
+        assert len(ids) == 16 and ids[-len(suffix_ids) :] == suffix_ids and enc["n_tokens"][0] > 16
+    head = data.encode_reviews([long_review], tokenizer, 16, suffix, "head")["input_ids"][0]
+    tail = data.encode_reviews([long_review], tokenizer, 16, suffix, "tail")["input_ids"][0]
+    assert head != tail
+    with pytest.raises(ValueError, match="choose one of head, tail, head\\+tail"):
+        data.encode_reviews([long_review], tokenizer, 16, suffix, "middle")

@@ -181,3 +181,21 @@ def test_merged_model_predicts_like_the_adapter_and_serves_through_a_pipeline(sa
     expected = inference.predict_reviews(reference, inference.load_tokenizer(folder), texts, 32)
     assert [s["label"] for s in served] == [e["label"] for e in expected]
     assert [s["score"] for s in served] == pytest.approx([e["probability"] for e in expected], abs=1e-5)
+
+
+def test_an_adapter_encodes_reviews_the_way_it_was_trained(saved, toy_cfg, tokenizer, tiny_model_path, tmp_path):
+    import dataclasses
+
+    model, folder = saved["lora"]
+    cfg = dataclasses.replace(toy_cfg, truncation="tail", truncation_head_share=0.5)
+    tail = tmp_path / "tail"
+    inference.save_adapter(model, tokenizer, tail, inference.adapter_meta(cfg, "lora", tiny_model_path, None))
+    meta = inference.check_adapter_dir(tail)
+    assert inference.encoding(meta) == {"max_length": cfg.max_length, "suffix": "", "truncation": "tail", "head_share": 0.5}
+    long_review = " ".join(["good"] * 30 + ["awful"] * 30)
+    reloaded, reloaded_tokenizer = inference.load_adapter(tail)
+    as_trained = inference.predict_reviews(reloaded, reloaded_tokenizer, [long_review], **inference.encoding(meta))
+    assert as_trained == inference.predict_reviews(model, tokenizer, [long_review], cfg.max_length, truncation="tail")
+    assert as_trained != inference.predict_reviews(model, tokenizer, [long_review], cfg.max_length, truncation="head")
+    legacy = {k: v for k, v in meta.items() if not k.startswith("truncation")}  # saved before the setting existed
+    assert inference.encoding(legacy)["truncation"] == "head"

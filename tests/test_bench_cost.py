@@ -1,10 +1,13 @@
 import pytest
 import torch
+from conftest import load_bench
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoConfig
 
-from peft_sentiment import VARIANTS, cost
+from peft_sentiment import VARIANTS
 from peft_sentiment.models import build_variant
+
+cost = load_bench("cost")
 
 
 def counted(model, ids, mask, train: bool) -> int:

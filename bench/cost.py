@@ -8,7 +8,7 @@ The backward pass costs what the variant really computes: 2 FLOPs per weight for
 a layer's input (only when something below it trains), 2 more for its weight gradient (only when
 the weight trains), and twice attention's forward. Gradient checkpointing adds one more forward
 (hardware FLOPs, not model FLOPs: MFU counts the model's work, not the recomputation).
-`tests/test_cost.py` checks these counts against torch's own FlopCounterMode.
+`tests/test_bench_cost.py` checks these counts against torch's own FlopCounterMode.
 """
 
 from __future__ import annotations
