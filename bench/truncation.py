@@ -1,0 +1,205 @@
+"""Which tokens of a long review to keep, and what the prompt suffix is worth: measured on validation only.
+
+    python bench/truncation.py --variant head_only             # all settings; ~40 min on 2 CPU cores (cpu profile)
+    python bench/truncation.py --variant lora --settings head head+tail    # ~30 min per setting
+    python bench/truncation.py --report --readme README.md     # the table from the records
+
+At the profile's max length (the same cost), each setting trains the variant on the profile's own
+training subset and is scored on a larger validation set carved from the training reviews the profile
+does not use (--val-size, default 1,000: about +-1.9 points at 90%), never the test set. Accuracy is
+reported overall and separately on the reviews the profile's setting cuts (longer than max length)
+and on the whole ones, each with its Wilson 95% interval; the settings see the very same reviews, so
+differences are paired. Head-only computes each distinct token sequence's frozen features once:
+reviews that fit are the same under every truncation.
+Writes results/<profile>/truncation/<variant>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict
+
+from peft_sentiment import VARIANTS, data, features, metrics, models, recording, report, train
+from peft_sentiment.config import config_to_dict, make_config, parse_overrides
+from peft_sentiment.pipeline import prepare_data
+
+# name -> what the setting changes in the profile; "head" is the profile's own (the reference of the comparison)
+SETTINGS = {
+    "head": {},
+    "tail": {"truncation": "tail"},
+    "head+tail": {"truncation": "head+tail"},
+    "head, no prompt suffix": {"prompt_suffix": ""},
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="cpu", help="config profile (default: cpu)")
+    parser.add_argument("--variant", choices=VARIANTS, default="head_only")
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--val-size", type=int, default=1000, help="validation reviews carved from unused training reviews")
+    parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE", help="other config overrides, as in the CLI")
+    parser.add_argument("--report", action="store_true", help="print (and with --readme, write) the table from the records")
+    parser.add_argument("--readme", help="with --report: regenerate this README's truncation block")
+    return parser.parse_args(argv)
+
+
+def carve_validation(cfg, n: int) -> DatasetDict:
+    """The profile's training subset, and `n` validation reviews from the training reviews it leaves unused."""
+    imdb = data.load_imdb(cfg.data_dir)
+    splits = data.prepare_splits(cfg, imdb)
+    used = set(splits["train"]["text"]) | set(splits["validation"]["text"])
+    rest = imdb["train"].filter(lambda batch: [t not in used for t in batch["text"]], batched=True)
+    validation = data.take_balanced_subset(rest, n, cfg.seed + 1)
+    return DatasetDict(train=splits["train"], validation=validation, test=validation.select(range(0)))
+
+
+def frozen_features(model, tokenizer, tokenized: dict, batch_size: int) -> dict:
+    """Per setting and split, the frozen model's features: each distinct token sequence passed through once."""
+    splits = ("train", "validation")
+    unique = list(dict.fromkeys(tuple(ids) for t in tokenized.values() for s in splits for ids in t[s]["input_ids"]))
+    table = Dataset.from_dict(
+        {
+            "input_ids": [list(u) for u in unique],
+            "attention_mask": [[1] * len(u) for u in unique],
+            "length": list(map(len, unique)),
+        }
+    )
+    computed, _ = features.extract_features(model, table, tokenizer, batch_size)
+    row = {u: i for i, u in enumerate(unique)}
+    return {
+        name: {split: computed[[row[tuple(ids)] for ids in t[split]["input_ids"]]] for split in splits}
+        for name, t in tokenized.items()
+    }
+
+
+def head_only_probabilities(cfg, model, features_by_setting: dict, labels: dict) -> dict:
+    """Per setting: a fresh head trained on its features (the profile's recipe), P(pos) on validation."""
+    initial = copy.deepcopy(model.score.state_dict())
+    probabilities = {}
+    for name, feats in features_by_setting.items():
+        model.score.load_state_dict(initial)
+        with train.PeakMemory() as memory:
+            trainer, _ = train.fit_head(cfg, model, feats, labels, memory)
+        prediction = trainer.predict(features.feature_dataset(feats["validation"], labels["validation"]))
+        probabilities[name] = metrics.positive_probabilities(prediction.predictions)
+    return probabilities
+
+
+def lora_probabilities(cfg, variant: str, tokenized: dict, model_path: str, tokenizer) -> dict:
+    """Per setting: the variant trained as the profile trains it, P(pos) on validation."""
+    probabilities = {}
+    for name, t in tokenized.items():
+        setting_cfg = dataclasses.replace(cfg, work_dir=str(Path(cfg.work_dir) / "truncation" / name), evals_per_run=1)
+        model = models.build_configured_variant(setting_cfg, variant, model_path, tokenizer)
+        trainer = train.make_trainer(
+            model, tokenizer, train.make_training_args(setting_cfg, variant), t["train"], t["validation"]
+        )
+        train.fit(trainer)
+        _, probs = train.predict_in_order(trainer, t["validation"])
+        probabilities[name] = np.asarray(probs)
+    return probabilities
+
+
+def scores(labels, probabilities, cut) -> dict:
+    """Accuracy with its Wilson 95% interval: overall, on the cut reviews, on the whole ones."""
+    correct = (np.asarray(probabilities) > 0.5) == np.asarray(labels)
+    out = {}
+    for part, mask in (("all", np.ones_like(cut)), ("truncated", cut), ("whole", ~cut)):
+        accuracy = float(correct[mask].mean())
+        out[part] = {
+            "accuracy": accuracy,
+            "ci95": list(metrics.accuracy_interval(accuracy, int(mask.sum()))),
+            "n": int(mask.sum()),
+        }
+    return out
+
+
+def run(args, argv) -> dict:
+    started = time.perf_counter()
+    cfg = make_config(args.profile, **parse_overrides(args.set))
+    splits = carve_validation(cfg, args.val_size)
+    prepared = {name: prepare_data(dataclasses.replace(cfg, **SETTINGS[name]), splits) for name in args.settings}
+    tokenized = {name: p.tokenized for name, p in prepared.items()}
+    model_path, tokenizer = next(iter(prepared.values())).model_path, next(iter(prepared.values())).tokenizer
+    labels = {split: splits[split]["label"] for split in ("train", "validation")}
+    if args.variant == "head_only":
+        model = models.build_variant("head_only", model_path, tokenizer, seed=cfg.seed)
+        probabilities = head_only_probabilities(
+            cfg, model, frozen_features(model, tokenizer, tokenized, cfg.eval_batch_size), labels
+        )
+    else:
+        probabilities = lora_probabilities(cfg, args.variant, tokenized, model_path, tokenizer)
+    # the groups are the reviews the profile's own setting cuts, the same reviews for every setting
+    reference = prepare_data(cfg, splits).tokenized["validation"]
+    cut = np.asarray(reference["n_tokens"]) > cfg.max_length
+    return {
+        "variant": args.variant,
+        "profile": cfg.profile,
+        "command": "python " + shlex.join(["bench/truncation.py", *argv]),
+        "config": config_to_dict(cfg),
+        "validation": {
+            "reviews": len(splits["validation"]),
+            "source": "training reviews the profile does not use",
+            "seed": cfg.seed + 1,
+        },
+        "settings": {
+            name: {"changes": SETTINGS[name], **scores(labels["validation"], p, cut)} for name, p in probabilities.items()
+        },
+        "predictions": {name: [round(float(x), 6) for x in p] for name, p in probabilities.items()},
+        "validation_labels": list(map(int, labels["validation"])),
+        "device": recording.device_info(),
+        "versions": recording.library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "total_seconds": time.perf_counter() - started,
+    }
+
+
+def truncation_section(records: list[dict]) -> str:
+    """Markdown: per variant and setting, validation accuracy overall, on cut reviews and on whole ones."""
+    first = records[0]
+    lines = [
+        f"**Profile `{first['profile']}`, max length {first['config']['max_length']}, validation: "
+        f"{first['validation']['reviews']:,} {first['validation']['source']} (the test set is not read).** "
+        "Truncated = the reviews the profile's head truncation cuts; the same reviews for every setting.",
+        "",
+        "| variant | setting | accuracy (95% CI) | truncated reviews | whole reviews |",
+        "|---|---|---|---|---|",
+    ]
+    for r in records:
+        for name, s in r["settings"].items():
+            cells = [
+                f"{s[p]['accuracy']:.1%} ({s[p]['ci95'][0]:.1%}-{s[p]['ci95'][1]:.1%}, n={s[p]['n']})"
+                for p in ("all", "truncated", "whole")
+            ]
+            lines.append(f"| {recording.VARIANT_LABELS[r['variant']]} | {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Reproduce: " + ", ".join(f"`{r['command']}`" for r in records)]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    folder = Path(make_config(args.profile, **parse_overrides(args.set)).records_dir) / "truncation"
+    if not args.report:
+        record = run(args, argv)
+        recording.write_json_atomic(record, folder / f"{args.variant}.json")
+        print(f"{args.variant}: {record['total_seconds'] / 60:.1f} min")
+    records = [recording.read_json(p) for p in sorted(folder.glob("*.json"), key=lambda p: VARIANTS.index(p.stem))]
+    section = truncation_section(records)
+    print(section)
+    if args.readme:
+        report.replace_block(args.readme, "truncation", section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

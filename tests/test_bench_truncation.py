@@ -1,0 +1,28 @@
+"""bench/truncation.py on the toy data: every setting scored on the same carved validation reviews, never the test set."""
+
+import json
+
+from conftest import load_bench
+
+
+def test_settings_are_scored_on_the_same_unused_training_reviews(toy_imdb_dir, tmp_path):
+    bench = load_bench("truncation")
+    sets = [f"data_dir='{toy_imdb_dir}'", "train_size=64", "val_size=16", "test_size=16", "max_length=12", "head_epochs=2",
+            f"records_dir='{tmp_path}/records'", f"work_dir='{tmp_path}/work'"]  # fmt: skip
+    assert bench.main(["--profile", "smoke", "--val-size", "32", "--set", *sets]) == 0
+    record = json.loads((tmp_path / "records" / "truncation" / "head_only.json").read_text())
+    assert list(record["settings"]) == ["head", "tail", "head+tail", "head, no prompt suffix"]
+    for setting in record["settings"].values():
+        assert setting["all"]["n"] == 32 == setting["truncated"]["n"] + setting["whole"]["n"]
+        assert setting["truncated"]["n"] > 0 and 0 <= setting["all"]["accuracy"] <= 1
+        low, high = setting["all"]["ci95"]
+        assert low <= setting["all"]["accuracy"] <= high
+    # the validation reviews are training reviews outside the profile's own train and validation subsets
+    cfg = bench.make_config("smoke", **bench.parse_overrides(sets))
+    carved = bench.carve_validation(cfg, 32)
+    profile = bench.data.prepare_splits(cfg, bench.data.load_imdb(cfg.data_dir))
+    assert not set(carved["validation"]["text"]) & (set(profile["train"]["text"]) | set(profile["validation"]["text"]))
+    assert carved["train"]["text"] == profile["train"]["text"] and len(carved["test"]) == 0
+    assert record["validation_labels"] == list(carved["validation"]["label"])
+    # head and tail keep different tokens of the cut reviews, so the frozen model saw different inputs
+    assert record["predictions"]["head"] != record["predictions"]["tail"]
