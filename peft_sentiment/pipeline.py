@@ -50,8 +50,6 @@ def run_training(cfg: Config, variants=VARIANTS, *, resume: bool = False, comman
     recording.check_writable(cfg.records_dir, cfg.adapter_dir_f32, cfg.adapter_dir_nf4, cfg.work_dir)
     if state.is_main_process:
         print(f"profile {cfg.profile}: {hardware.describe_precision(cfg.precision)}")
-    if splits is None:
-        splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
     with state.main_process_first():  # one process builds models and tokenization caches, the others reuse them
         _, model_path, tokenizer, tokenized = prepare_data(cfg, splits)
     lora_config, bnb_config = models.make_lora_config(cfg, model_path), models.make_bnb_config(cfg)
