@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--out", default=None, help="record path (default: results/memory/<cpu|cuda>.json)")
-    parser.add_argument("--readme", help="also regenerate this README's memory block from the record")
+    parser.add_argument("--readme", help="also regenerate the memory block of this Markdown file (docs/benchmarks.md)")
     parser.add_argument("--worker", nargs=3, metavar=("MODEL", "VARIANT", "OUT"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -153,7 +153,7 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
 
 # A (model, variant) whose estimate, scaled to RSS, exceeds the memory available now is skipped, not
 # run into swap or the OOM killer. The scale is LoRA's, the variant whose memory grows fastest: its RSS
-# added 1.7x the estimate on every size here (memory malloc keeps; README). NF4's RSS added 5-8x its
+# added 1.7x the estimate on every size here (memory malloc keeps; docs/benchmarks.md). NF4's RSS added 5-8x its
 # estimate, but that estimate is small (under 0.6 GB up to gpt2-xl): for NF4 the check is a loose one.
 RSS_OVER_ESTIMATE = 1.8
 

@@ -2,7 +2,7 @@
 
     python bench/sweep.py --variant lora --lr 2e-4 1e-3           # ~35 min per rate on 2 CPU cores (cpu profile)
     python bench/sweep.py --variant head_only --lr 1e-4 3e-4 1e-3 3e-3 1e-2    # one frozen pass, then seconds per rate
-    python bench/sweep.py --report --readme README.md             # curves, table and chosen rates from the records
+    python bench/sweep.py --report --readme docs/benchmarks.md    # curves, table and chosen rates from the records
 
 Each run trains one variant of the profile at one learning rate, everything else as the profile
 says, with `--evals` validation passes on the profile's validation split (carved from train). Each
@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE", help="other config overrides, as in the CLI")
     parser.add_argument("--resume", action="store_true", help="continue a LoRA run from its last checkpoint")
     parser.add_argument("--report", action="store_true", help="draw the curves and table from the records")
-    parser.add_argument("--readme", help="with --report: regenerate this README's sweep block")
+    parser.add_argument("--readme", help="with --report: regenerate the sweep block of this Markdown file (docs/benchmarks.md)")
     args = parser.parse_args(argv)
     if not args.report and not (args.variant and args.lr):
         parser.error("give --variant and --lr to run a sweep, or --report to draw one")

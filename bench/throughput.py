@@ -80,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--head-epochs", type=int, default=10, help="head-only epochs the effective throughput is for")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--out", default=None, help="record path (default: results/throughput/<cpu|cuda>.json)")
-    parser.add_argument("--readme", help="also regenerate this README's throughput block from the record")
+    parser.add_argument("--readme", help="also regenerate the throughput block of this Markdown file (docs/benchmarks.md)")
     parser.add_argument("--skip-tokenization", action="store_true", help="do not time tokenizing all 50,000 reviews")
     parser.add_argument(
         "--ablations", action="store_true", help="instead: the project's LoRA with the stock GELU and without dropout (see above)"

@@ -2,7 +2,7 @@
 
     python bench/truncation.py --variant head_only             # all settings; ~40 min on 2 CPU cores (cpu profile)
     python bench/truncation.py --variant lora --settings head head+tail    # ~30 min per setting
-    python bench/truncation.py --report --readme README.md     # the table from the records
+    python bench/truncation.py --report --readme docs/benchmarks.md   # the table from the records
 
 At the profile's max length (the same cost), each setting trains the variant on the profile's own
 training subset and is scored on a larger validation set carved from the training reviews the profile
@@ -48,7 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--val-size", type=int, default=1000, help="validation reviews carved from unused training reviews")
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE", help="other config overrides, as in the CLI")
     parser.add_argument("--report", action="store_true", help="print (and with --readme, write) the table from the records")
-    parser.add_argument("--readme", help="with --report: regenerate this README's truncation block")
+    parser.add_argument(
+        "--readme", help="with --report: regenerate the truncation block of this Markdown file (docs/benchmarks.md)"
+    )
     return parser.parse_args(argv)
 
 

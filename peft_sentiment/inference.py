@@ -138,9 +138,10 @@ def check_adapter_dir(adapter_dir: str) -> dict:
         raise FileNotFoundError(
             f"{folder} is not a complete adapter folder: it lacks {missing}. Save it again with save_adapter."
         )
+    parsed = {}
     for name in ("adapter_config.json", META_FILE):
         try:
-            json.loads((folder / name).read_text())
+            parsed[name] = json.loads((folder / name).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{folder / name} is corrupt ({err}). Copy or save the adapter again.") from err
     weights = folder / "adapter_model.safetensors"
@@ -151,7 +152,7 @@ def check_adapter_dir(adapter_dir: str) -> dict:
         raise ValueError(
             f"{weights} is not a readable safetensors file ({err}): it is truncated or corrupt. Copy or save the adapter again."
         ) from err
-    return json.loads((folder / META_FILE).read_text())
+    return parsed[META_FILE]
 
 
 def load_adapter(adapter_dir: str, model_path: str | None = None, quantized: bool = True, cpu_inference_kernel: bool = False):
