@@ -134,7 +134,7 @@ PROFILES: dict[str, Config] = {
         checkpoint_every=0.25,
         lora_r=8,  # bench/sweep: rank 16 no better on validation
         # Off: drawing LoRA's dropout masks (7 per layer) was 20% of a training step on this CPU
-        # (torch.profiler), and without it validation accuracy held (bench/sweep, README).
+        # (torch.profiler), and without it validation accuracy held (bench/sweep, docs/benchmarks.md).
         lora_dropout=0.0,
         # fp32 on this CPU (no native bf16: bf16 compute ran at half the speed); under bf16 autocast
         # (precision auto on a CPU with AVX512-BF16) the dequantized matmuls run in bf16 all the same

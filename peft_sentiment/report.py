@@ -1,8 +1,10 @@
-"""Tables and plots drawn from the records (`records`), for the notebook and the README."""
+"""Tables, summaries and README blocks drawn from the records (`recording`); the figures are in `plots`."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -184,9 +186,22 @@ def replace_block(readme: str, name: str, body: str) -> str:
     if start not in text or end not in text:
         raise ValueError(f"{readme} has no {start} ... {end} block to fill.")
     head, rest = text.split(start, 1)
+    body = relink(body, Path(readme).parent)
     new = f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
     Path(readme).write_text(new)
     return new
+
+
+def relink(markdown: str, folder: Path) -> str:
+    """Links to files given relative to the working folder, made relative to `folder` (where the Markdown lives)."""
+
+    def fix(match: re.Match) -> str:
+        target = match.group(2)
+        if "://" in target or Path(target).is_absolute() or not Path(target).exists():
+            return match.group(0)
+        return f"{match.group(1)}({Path(os.path.relpath(target, folder)).as_posix()})"
+
+    return re.sub(r"(!?\[[^\]]*\])\(([^)\s]+)\)", fix, markdown)
 
 
 # Config fields that do not change what a run learns (where it writes, how often it validates), or

@@ -126,3 +126,19 @@ def test_compute_matched_table_gives_each_runs_best_accuracy_within_each_budget(
     time_ax, mem_ax = fig.axes
     assert len(time_ax.lines) == 3 and list(time_ax.lines[1].get_xdata()) == [10.0, 20.0]  # two runs, the baseline
     assert list(mem_ax.lines[1].get_xdata()) == [4.0]  # GB: the run's peak, at its final accuracy
+
+
+def test_a_block_in_another_folder_links_files_relative_to_itself(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "plot.png").write_bytes(b"png")
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "page.md"
+    page.write_text("<!-- x:start -->\n<!-- x:end -->\n")
+    body = "![a plot](results/plot.png) and [a site](https://example.org) and [gone](results/none.png)"
+    report.replace_block(page, "x", body)
+    assert "![a plot](../results/plot.png) and [a site](https://example.org) and [gone](results/none.png)" in page.read_text()
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- x:start -->\n<!-- x:end -->\n")
+    report.replace_block(readme, "x", body)
+    assert "![a plot](results/plot.png)" in readme.read_text()
