@@ -204,9 +204,10 @@ def packed_4bit_layers(model) -> int:
 
 def check_trainable(model) -> None:
     """Refuse to train a model whose 4-bit layers were packed for inference (no backward: see allow_cpu_inference_kernel)."""
-    if packed_4bit_layers(model):
+    packed = packed_4bit_layers(model)
+    if packed:
         raise RuntimeError(
-            f"{packed_4bit_layers(model)} 4-bit layers of this model were packed for CPU inference and cannot be trained "
+            f"{packed} 4-bit layers of this model were packed for CPU inference and cannot be trained "
             "(bitsandbytes' packed kernel has no backward). Build the model for training with models.BUILDERS, or "
             "load it with load_classifier(..., cpu_inference_kernel=False)."
         )
