@@ -113,10 +113,10 @@ def split_features(cfg: Config, model, tokenizer, splits, names, resume: bool) -
     """The frozen model's features of each split in `names` (cached in cfg.work_dir), their tokens and seconds."""
     folder = Path(cfg.work_dir) / "head_only"
     features, tokens, seconds = {}, {}, {}
+    precision = resolve_precision(cfg.precision)
     for name in names:
         start = time.perf_counter()
         path = folder / f"features-{name}.safetensors"
-        precision = resolve_precision(cfg.precision)
         features[name], tokens[name] = cached_features(
             model, splits[name], tokenizer, cfg.eval_batch_size, path, resume, precision
         )

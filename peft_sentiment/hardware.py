@@ -8,6 +8,7 @@ them. Everything that depends on those features reads them here, so a test can f
 from __future__ import annotations
 
 import logging
+import platform
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,16 +20,26 @@ REPORTED_FLAGS = ("avx2", "avx512f", *NATIVE_BF16_FLAGS)
 
 
 @lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not there)."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first value of `name` in /proc/cpuinfo ("flags", "model name"), or None where Linux does not tell it."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+        if line.split(":", 1)[0].strip() == name:
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not there)."""
+    return frozenset((cpuinfo_field("flags") or "").split())
+
+
+def cpu_name() -> str:
+    """The CPU's model name where Linux tells it, else the architecture."""
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_has_native_bf16() -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from peft_sentiment.hardware import cpu_features
+from peft_sentiment.hardware import cpu_features, cpu_name
 
 LIBRARIES = ("torch", "transformers", "datasets", "peft", "bitsandbytes", "accelerate", "evaluate", "scikit-learn")
 # Keys every record has; tests and tables rely on them.
@@ -43,17 +43,6 @@ def device_info() -> dict:
     if torch.cuda.is_available():
         return {"type": "cuda", "name": torch.cuda.get_device_name(), "count": torch.cuda.device_count()}
     return {"type": "cpu", "name": cpu_name(), "cores": os.cpu_count(), "features": cpu_features()}
-
-
-def cpu_name() -> str:
-    """The CPU's model name where Linux tells it, else the architecture."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_json_atomic(data, path: Path) -> Path:
