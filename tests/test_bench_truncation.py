@@ -26,3 +26,21 @@ def test_settings_are_scored_on_the_same_unused_training_reviews(toy_imdb_dir, t
     assert record["validation_labels"] == list(carved["validation"]["label"])
     # head and tail keep different tokens of the cut reviews, so the frozen model saw different inputs
     assert record["predictions"]["head"] != record["predictions"]["tail"]
+
+
+def test_lora_trains_once_per_setting_and_scores_after_training(toy_imdb_dir, tmp_path):
+    bench = load_bench("truncation")
+    sets = [f"data_dir='{toy_imdb_dir}'", "train_size=32", "val_size=16", "test_size=16", "max_length=12",
+            f"records_dir='{tmp_path}/records'", f"work_dir='{tmp_path}/work'"]  # fmt: skip
+    argv = ["--profile", "smoke", "--variant", "lora", "--settings", "head", "head+tail", "--val-size", "24", "--set", *sets]
+    assert bench.main(argv) == 0
+    record = json.loads((tmp_path / "records" / "truncation" / "lora.json").read_text())
+    assert list(record["settings"]) == ["head", "head+tail"]
+    assert all(s["all"]["n"] == 24 for s in record["settings"].values())
+    assert record["predictions"]["head"] != record["predictions"]["head+tail"]
+    # one adapter trained per setting, each in its own folder, with no validation pass inside training
+    for name in ("head", "head+tail"):
+        states = list((tmp_path / "work" / "truncation" / name / "lora").glob("checkpoint-*/trainer_state.json"))
+        assert states, name
+        history = json.loads(states[0].read_text())["log_history"]
+        assert not [h for h in history if "eval_loss" in h]
