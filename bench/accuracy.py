@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
     baseline = train_tfidf_baseline(splits, cfg.seed)
     baseline["command"] = command
-    recording.write_json_atomic(baseline, Path(cfg.records_dir) / "baselines" / "tfidf_logreg.json")
+    recording.write_baseline(baseline, cfg.records_dir)
     print(f"TF-IDF + LR: {baseline['metrics']['accuracy']:.4f} (C={baseline['C']}, {baseline['train_seconds']:.1f} s)")
 
     if args.baseline_only:
@@ -64,16 +64,9 @@ def main(argv=None) -> int:
     fig.savefig(Path(cfg.records_dir) / "accuracy_vs_cost.png", dpi=120)
     print(report.markdown_table(records))
     # the whole run's wall time (the profile's budget is for all of it), for the README's results block
-    run = {
-        "command": command,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "device": recording.device_info(),
-        "variants": todo,
-        "resumed": args.resume,
-        "total_seconds": time.perf_counter() - started,
-    }
-    recording.write_json_atomic(run, Path(cfg.records_dir) / recording.ACCURACY_RUN_FILE)
-    print(f"total {run['total_seconds']:.0f} s ({run['total_seconds'] / 60:.1f} min)")
+    seconds = time.perf_counter() - started
+    recording.write_run_summary(cfg.records_dir, command, todo, seconds, resumed=args.resume)
+    print(f"total {seconds:.0f} s ({seconds / 60:.1f} min)")
     return 0
 
 

@@ -51,6 +51,27 @@ def stamp_cell(profile: str, started: float, seconds: float, command: str, commi
     return nbformat.v4.new_markdown_cell(text, metadata={"tags": [STAMP_TAG]})
 
 
+def tidy_streams(nb: nbformat.NotebookNode) -> None:
+    """Each cell's consecutive stream outputs as one, and each line as a terminal shows it after its last \\r.
+
+    Text progress bars redraw their line with \\r: Jupyter shows only the last state, but the saved text
+    holds every state, which GitHub and nbconvert render one after another.
+    """
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        merged = []
+        for out in cell.outputs:
+            if out.output_type == "stream" and merged and merged[-1].output_type == "stream" and merged[-1].name == out.name:
+                merged[-1].text += out.text
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.output_type == "stream":
+                out.text = "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in out.text.split("\n"))
+        cell.outputs = merged
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu", help="profile to execute (default: cpu)")
@@ -60,6 +81,7 @@ def main(argv=None) -> int:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells = [c for c in nb.cells if STAMP_TAG not in c.metadata.get("tags", [])]
     os.environ["PEFT_PROFILE"] = args.profile  # the kernel inherits it; the parameters cell reads it
+    os.environ[recording.NOTEBOOK_COMMAND_ENV] = command  # what the notebook's records name as their command
     client = NotebookClient(nb, timeout=None, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
     started, commit = time.time(), git_commit()  # the code that runs, whatever is committed meanwhile
     code_cells = sum(c.cell_type == "code" for c in nb.cells)
@@ -78,6 +100,7 @@ def main(argv=None) -> int:
         print(f"The run failed; its partial outputs are in {failed}. {NOTEBOOK.name} is unchanged.", file=sys.stderr)
         raise
     seconds = time.time() - started
+    tidy_streams(nb)
     nb.cells.insert(0, stamp_cell(args.profile, started, seconds, command, commit))
     tmp = NOTEBOOK.with_name(f".{NOTEBOOK.name}.tmp")
     nbformat.write(nb, tmp)

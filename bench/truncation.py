@@ -31,12 +31,12 @@ from peft_sentiment import VARIANTS, data, features, metrics, models, recording,
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides
 from peft_sentiment.pipeline import prepare_data
 
-# name -> what the setting changes in the profile; "head" is the profile's own (the reference of the comparison)
+# name -> what the setting changes in the profile ("head" is the reference of the comparison)
 SETTINGS = {
-    "head": {},
+    "head": {"truncation": "head"},
     "tail": {"truncation": "tail"},
     "head+tail": {"truncation": "head+tail"},
-    "head, no prompt suffix": {"prompt_suffix": ""},
+    "head, no prompt suffix": {"truncation": "head", "prompt_suffix": ""},
 }
 
 

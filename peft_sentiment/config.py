@@ -87,7 +87,9 @@ FULL = Config(
     test_size=None,
     max_length=512,  # the reference setting; most IMDB reviews fit, the longest are cut
     prompt_suffix="",  # the reference setup: the review alone
-    truncation="head",  # the reference setup: the review's end is cut
+    # The reference setup: the review's end is cut. At 512 tokens 12% of reviews are cut (44% at 256), and
+    # head+tail's evidence (cpu profile) is at 256 tokens and not yet significant: full keeps the reference's.
+    truncation="head",
     truncation_head_share=0.25,  # Sun et al. (2019): 128 + 382 of 510 tokens
     epochs=1,
     train_batch_size=16,
@@ -126,6 +128,9 @@ PROFILES: dict[str, Config] = {
         test_size=1000,  # about +-1.9 points at 90% (Wilson 95%)
         max_length=256,  # longer reviews are cut (the records count how many)
         prompt_suffix="\nOverall, the sentiment of this review is",  # makes the last token, which the head reads, summarise the review
+        # 43% of reviews are cut at 256 tokens. bench/truncation (head-only, 1,000 validation reviews): head+tail
+        # 86.9% vs head 83.9% on the cut ones (paired p 0.18, not resolved alone), as Sun et al. (2019) found on IMDB.
+        truncation="head+tail",
         train_batch_size=8,  # 125 steps from 1,000 reviews
         eval_batch_size=32,
         head_epochs=20,  # cached: 20 epochs of a 576x2 head cost under a second

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: they read the same in Jupyter, nbconvert and on GitHub (no widgets)
 from transformers import DataCollatorWithPadding
 from transformers.modeling_outputs import SequenceClassifierOutput
 

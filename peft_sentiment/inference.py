@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 from safetensors import safe_open
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: they read the same in Jupyter, nbconvert and on GitHub (no widgets)
 from transformers import BitsAndBytesConfig, DataCollatorWithPadding
 
 from peft_sentiment.catalog import WEIGHTS_SOURCE, architecture_of, hub_base_model, load_tokenizer, resolve_model

@@ -44,6 +44,22 @@ def accuracy_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, 
     return centre - half, centre + half
 
 
+def paired_difference(labels, probabilities_a, probabilities_b) -> dict:
+    """Two classifiers on the same reviews: how many each alone gets right, and the exact McNemar p-value.
+
+    Only the reviews where they disagree carry information about which is better; under "equally good"
+    each such review is a fair coin, so p is a two-sided binomial test on those counts.
+    """
+    from scipy.stats import binomtest
+
+    labels = np.asarray(labels)
+    right_a = (np.asarray(probabilities_a) > 0.5) == labels
+    right_b = (np.asarray(probabilities_b) > 0.5) == labels
+    only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+    return {"only_a": only_a, "only_b": only_b, "p_value": float(p)}
+
+
 def reliability(labels, probabilities, bins: int = 10) -> dict[str, np.ndarray]:
     """Per confidence bin: mean confidence, accuracy and count (the reliability diagram's points).
 

@@ -46,37 +46,50 @@ def plot_token_lengths(n_tokens, max_length: int):
 
 
 def plot_learning_curves(records: list[dict]):
-    """Training loss and validation accuracy against steps, one line per variant."""
+    """Training loss and validation accuracy against the fraction of each run, one line per variant.
+
+    Fractions, not steps: head-only takes many cheap steps (epochs over cached features), LoRA few costly ones.
+    """
     import matplotlib.pyplot as plt
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.5))
     for r in records:
         label = VARIANT_LABELS.get(r["variant"], r["variant"])
-        losses = [(e["step"], e["loss"]) for e in r["log_history"] if "loss" in e]
-        accs = [(e["step"], e["eval_accuracy"]) for e in r["log_history"] if "eval_accuracy" in e]
+        history = r["log_history"]
+        last = max((e["step"] for e in history if "step" in e), default=1) or 1
+        losses = [(e["step"] / last, e["loss"]) for e in history if "loss" in e]
+        accs = [(e["step"] / last, e["eval_accuracy"]) for e in history if "eval_accuracy" in e]
         if losses:
             loss_ax.plot(*zip(*losses, strict=True), label=label)
         if accs:
             acc_ax.plot(*zip(*accs, strict=True), marker="o", label=label)
-    loss_ax.set(title="Training loss", xlabel="step")
-    acc_ax.set(title="Validation accuracy", xlabel="step", ylim=(0, 1))
+    loss_ax.set(title="Training loss", xlabel="fraction of the run", xlim=(0, 1.02))
+    acc_ax.set(title="Validation accuracy", xlabel="fraction of the run", xlim=(0, 1.02), ylim=(0.4, 1))
     loss_ax.legend()
     fig.tight_layout()
     return fig
 
 
 def plot_accuracy_vs_cost(records: list[dict], baselines: list[dict] = ()):
-    """Test accuracy with its 95% interval against training time and against peak training memory."""
+    """Test accuracy with its 95% interval against training time and against peak training memory.
+
+    A baseline is a point on the time axis and a line on the memory axis: its process's memory is not its own.
+    """
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for r in [*records, *baselines]:
-        label = VARIANT_LABELS.get(r["variant"], r["variant"].replace("tfidf_logreg", "TF-IDF + LR"))
+    for r in records:
+        label = VARIANT_LABELS.get(r["variant"], r["variant"])
         acc = r["metrics"]["accuracy"]
         low, high = r["metrics"]["accuracy_ci95"]
         for ax, x in zip(axes, (r["train_seconds"], r["peak_memory_bytes"]["train"] / 1e6), strict=True):
             ax.errorbar(x, acc, yerr=[[acc - low], [high - acc]], fmt="o", capsize=4, label=label)
             ax.annotate(label, (x, acc), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    for b in baselines:
+        label = f"TF-IDF + LR ({b['metrics']['accuracy']:.1%})"
+        acc = b["metrics"]["accuracy"]
+        axes[0].errorbar(b["train_seconds"], acc, fmt="s", color="grey", label=label)
+        axes[1].axhline(acc, color="grey", linestyle=":", label=label)
     axes[0].set(xscale="log", xlabel="training time (s, log scale)", ylabel="test accuracy (95% CI)")
     axes[1].set(xlabel="peak training memory (MB)")
     device = records[0]["device"]["name"] if records else ""
@@ -136,30 +149,28 @@ def accuracy_by_length(labels, probabilities, n_tokens, edges) -> tuple[list, li
 
 
 def plot_validation_curves(curves: list[dict], baseline_accuracy: float | None = None, hardware: str = ""):
-    """Validation accuracy against training time (every pass) and against peak memory (each run's end).
+    """Validation accuracy against training time, one panel per variant, one labelled line per run.
 
-    One colour per variant, a shade per learning rate (darker = larger); profile runs are dashed.
+    Each run's label says what it changed (learning rate, ...) and its peak memory; the profile's own run is dashed.
     """
     import matplotlib.pyplot as plt
 
-    colormaps = {"head_only": "Blues", "lora": "Oranges", "nf4_lora": "Greens"}
-    fig, (time_ax, mem_ax) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    for variant in dict.fromkeys(c["variant"] for c in curves):
-        runs = [c for c in curves if c["variant"] == variant]
-        shades = plt.get_cmap(colormaps.get(variant, "Greys"))(np.linspace(0.45, 0.95, len(runs)))
-        for c, colour in zip(sorted(runs, key=lambda c: c["learning_rate"]), shades, strict=True):
+    variants = list(dict.fromkeys(c["variant"] for c in curves))
+    fig, axes = plt.subplots(1, max(len(variants), 1), figsize=(4.4 * max(len(variants), 1), 4), sharey=True, squeeze=False)
+    for ax, variant in zip(axes[0], variants, strict=False):
+        runs = sorted((c for c in curves if c["variant"] == variant), key=lambda c: c["learning_rate"])
+        for i, c in enumerate(runs):
             t, acc, mem = zip(*c["points"], strict=True)
-            style = "--" if "profile run" in c["label"] else "-"
-            time_ax.plot(t, acc, style, marker="o", color=colour, label=c["label"])
-            mem_ax.plot(mem[-1] / 1e9, acc[-1], marker="o", color=colour, linestyle="none")
-    for ax in (time_ax, mem_ax):
+            profile_run = "profile run" in c["label"]
+            ax.plot(
+                t, acc, "--" if profile_run else "-", marker="o", color=plt.get_cmap("tab10")(i % 10),
+                label=f"{c['setting']}{' (this run)' if profile_run else ''}, peak {mem[-1] / 1e9:.1f} GB",
+            )  # fmt: skip
         if baseline_accuracy is not None:
-            ax.axhline(
-                baseline_accuracy, color="grey", linestyle=":", label="TF-IDF + LR (same validation)" if ax is time_ax else None
-            )
-    time_ax.set(xlabel="training time so far (s; validation passes excluded)", ylabel="validation accuracy")
-    mem_ax.set(xlabel="peak training memory of the run (GB)", title="each run's final accuracy")
-    time_ax.legend(fontsize=7, loc="lower right", ncol=2)
-    fig.suptitle(f"Accuracy vs training cost{', ' + hardware if hardware else ''}", fontsize=10)
+            ax.axhline(baseline_accuracy, color="grey", linestyle=":", label="TF-IDF + LR")
+        ax.set(title=VARIANT_LABELS.get(variant, variant), xlabel="training seconds (validation passes excluded)")
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0][0].set(ylabel="validation accuracy")
+    fig.suptitle(f"Validation accuracy against training time{', ' + hardware if hardware else ''}", fontsize=10)
     fig.tight_layout()
     return fig

@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import tempfile
+import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -106,10 +107,39 @@ def read_records(records_dir: str) -> list[dict]:
     return sorted(records, key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
 
 
+def write_baseline(baseline: dict, records_dir: str) -> Path:
+    """Save a baseline's record beside the variants' (`<records_dir>/baselines/<variant>.json`)."""
+    return write_json_atomic(baseline, Path(records_dir) / "baselines" / f"{baseline['variant']}.json")
+
+
 def read_baselines(records_dir: str) -> list[dict]:
     """Baseline records (TF-IDF + LR) written beside the variants' records."""
     return [read_json(p) for p in sorted((Path(records_dir) / "baselines").glob("*.json"))]
 
 
-# bench/accuracy's whole run (command, variants, wall time); in a subfolder, apart from the records
+# the whole run that wrote the records (bench/accuracy or the notebook): command, variants, wall time
 ACCURACY_RUN_FILE = "benchmark/accuracy_run.json"
+
+
+def write_run_summary(records_dir: str, command: str, variants, seconds: float, resumed: bool = False) -> Path:
+    """Record the run that wrote `records_dir`'s records: its command, variants and whole wall time."""
+    run = {
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": device_info(),
+        "variants": list(variants),
+        "resumed": resumed,
+        "total_seconds": seconds,
+    }
+    return write_json_atomic(run, Path(records_dir) / ACCURACY_RUN_FILE)
+
+
+def notebook_command(profile: str) -> str:
+    """How the notebook's records were produced: bench/notebook.py's command when it runs the notebook, else nbconvert."""
+    return (
+        os.environ.get(NOTEBOOK_COMMAND_ENV)
+        or f"PEFT_PROFILE={profile} jupyter nbconvert --to notebook --execute project_peft.ipynb"
+    )
+
+
+NOTEBOOK_COMMAND_ENV = "PEFT_NOTEBOOK_COMMAND"  # set by bench/notebook.py

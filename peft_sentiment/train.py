@@ -192,20 +192,51 @@ def predict_in_order(trainer: Trainer, ds) -> tuple:
     return prediction, [round(float(p), 6) for p in probabilities]
 
 
+def make_collator(tokenizer) -> DataCollatorWithPadding:
+    """Dynamic padding: each batch to its own longest review (to a multiple of 8 on GPUs, for tensor cores)."""
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+
+
 def make_trainer(model, tokenizer, args: TrainingArguments, train_ds, eval_ds) -> Trainer:
-    """A Trainer with dynamic padding (to a multiple of 8 on GPUs, for tensor cores)."""
+    """The Trainer every LoRA run uses (the notebook builds the same one in view)."""
     check_trainable(model)
-    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
     return Trainer(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        data_collator=collator,
+        data_collator=make_collator(tokenizer),
         compute_metrics=compute_metrics,
         callbacks=[EvaluateAtEnd()],
     )
+
+
+def activation_cost(model, batch: dict) -> dict:
+    """What one training step of `model` on `batch` keeps for backward, and its seconds.
+
+    Counts the bytes of the tensors autograd saves during the forward pass (each storage once, weights
+    excluded: they are in memory anyway). With gradient checkpointing on, only each block's input is
+    saved and the block runs again during backward: less memory, more time. Gradients are cleared after.
+    """
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    model.train()
+    start = time.perf_counter()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**batch).loss
+    forward = time.perf_counter() - start
+    loss.backward()
+    step = time.perf_counter() - start
+    model.zero_grad(set_to_none=True)
+    return {"saved_bytes": sum(saved.values()), "forward_seconds": forward, "step_seconds": step}
 
 
 CHECKPOINT_PARTS = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
@@ -324,16 +355,19 @@ def measured_result(trainer, train_output, prediction, probabilities, phases: di
     }
 
 
-def train_variant(cfg: Config, variant: str, model, tokenizer, splits, resume: bool = False) -> tuple:
+def train_variant(cfg: Config, variant: str, model, tokenizer, splits, resume: bool = False, trainer=None) -> tuple:
     """Train `model` on splits["train"], evaluate on splits["test"]; returns (trainer, record).
 
+    `trainer`: one built around `model` (the notebook builds it in view); None = `make_trainer`'s.
     With `resume`, LoRA variants continue from their last checkpoint in `cfg.work_dir`; head-only on
     cached features reuses the features already saved there (its head epochs take seconds: redone).
     """
     if variant == "head_only" and cfg.head_on_cached_features:
         trainer, result = train_head_on_features(cfg, model, tokenizer, splits, resume=resume)
     else:
-        trainer = make_trainer(model, tokenizer, make_training_args(cfg, variant), splits["train"], splits["validation"])
+        if trainer is None:
+            trainer = make_trainer(model, tokenizer, make_training_args(cfg, variant), splits["train"], splits["validation"])
+        check_trainable(trainer.model)
         result = train_and_evaluate(trainer, splits["test"], resume=resume)
     record = {
         "variant": variant,

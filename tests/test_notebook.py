@@ -1,6 +1,7 @@
 """The notebook: committed clean, and runs top to bottom on the smoke profile."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -9,7 +10,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from peft_sentiment import recording
+from peft_sentiment import recording, report
+from peft_sentiment.config import make_config
+from peft_sentiment.pipeline import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "project_peft.ipynb"
@@ -28,6 +31,45 @@ def test_committed_notebook_is_clean_or_one_stamped_run():
     assert "run-stamp" in first.metadata.get("tags", []) and "profile `" in first.source and "started 20" in first.source
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "every cell once, in order"
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+
+
+def output_texts(nb) -> list[str]:
+    """Every code cell's output as text: streams, plain text and markdown."""
+    texts = []
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
+        for out in cell.outputs:
+            if out.output_type == "stream":
+                texts.append(out.text)
+            elif out.output_type in ("display_data", "execute_result"):
+                texts += [out.data[k] for k in ("text/markdown", "text/plain") if k in out.data]
+    return texts
+
+
+def test_committed_notebook_shows_the_committed_records():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    if not any(c.outputs for c in nb.cells if c.cell_type == "code"):
+        pytest.skip("the committed notebook is clean")
+    profile = re.search(r"profile `(\w+)`", nb.cells[0].source).group(1)
+    records_dir = ROOT / make_config(profile).records_dir
+    records = recording.read_records(records_dir)
+    texts = output_texts(nb)
+    joined = "\n".join(texts)
+    assert {r["command"] for r in records} == {f"python bench/notebook.py --profile {profile}"}, "the notebook's run wrote them"
+    for r in records:
+        low, high = r["metrics"]["accuracy_ci95"]
+        assert f"{r['variant']}: test accuracy {r['metrics']['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f})" in joined
+    # the conclusions drawn from the committed records are the ones the notebook shows, to the character
+    assert report.summarize_results(records, recording.read_baselines(records_dir)) in texts
+
+
+def test_committed_notebook_has_no_load_reports_widgets_or_raw_terminal_codes():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    stderr = "".join(o.text for c in code for o in c.outputs if o.output_type == "stream" and o.name == "stderr")
+    assert "LOAD REPORT" not in stderr and "MISSING" not in stderr
+    assert "\x1b[" not in "".join(output_texts(nb)), "ANSI colour codes read as noise outside a terminal"
+    assert not [o for c in code for o in c.outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert "\r" not in stderr, "progress bars are saved as their final line (bench/notebook.tidy_streams)"
 
 
 @pytest.mark.slow
@@ -61,3 +103,12 @@ def test_notebook_runs_headless_on_smoke(tmp_path):
         assert not (tmp_path / name).exists(), "smoke must not write the committed adapter folders"
     executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
     assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert "LOAD REPORT" not in "".join(output_texts(executed))
+
+    # The models the notebook builds in view are the package's: its pipeline predicts the same on every review.
+    out = tmp_path / "package"
+    cfg = make_config("smoke", data_dir=env["IMDB_DATA_DIR"], records_dir=str(out / "records"), work_dir=str(out / "work"),
+                      adapter_dir_f32=str(out / "f32"), adapter_dir_nf4=str(out / "nf4"))  # fmt: skip
+    for notebook_record, package_record in zip(records, run_training(cfg), strict=True):
+        assert notebook_record["variant"] == package_record["variant"]
+        assert notebook_record["predictions"] == pytest.approx(package_record["predictions"], abs=1e-6)

@@ -11,21 +11,48 @@ def test_table_and_summary_come_from_the_records(records):
     assert md.count("\n") == 4 and "| LoRA | 0.880 |" in md
     summary = report.summarize_results(records)
     assert "Best test accuracy: LoRA at 88.0%" in summary
-    assert "NF4 LoRA vs LoRA: -2.0% accuracy, model weights 25%" in summary
-    assert "intervals overlap" in summary
+    assert "- NF4 LoRA vs LoRA: -2.0 points." in summary
+    assert "What NF4 buys: model weights 25% of the fp32 model's bytes" in summary and "x1.50 the training time" in summary
+    assert "LoRA: 88.0% (95% CI 83.0%-93.0%)" in summary and "level with the reference's 90% (inside the interval)" in summary
+    assert "head-only: 80.0% (95% CI 75.0%-85.0%)" in summary and "level with the reference's 83%" in summary
+    assert "not a like-for-like comparison" in summary  # a smoke record is not GPT-2 on full IMDB
+
+
+def test_summary_judges_differences_on_the_same_reviews():
+    labels = [1] * 40 + [0] * 40
+    truth = [0.9 if y else 0.1 for y in labels]
+    head = [0.1 if i < 20 else p for i, p in enumerate(truth)]  # wrong on 20 reviews LoRA gets right
+    nf4 = [0.1 if i in (30, 31) else p for i, p in enumerate(truth)]  # wrong on 2
+    records = [
+        fake_record(v, acc, 10.0, 100) | {"predictions": preds, "test_labels": labels}
+        for v, acc, preds in (("head_only", 0.75, head), ("lora", 1.0, truth), ("nf4_lora", 0.975, nf4))
+    ]
+    baseline = {**fake_record("lora", 0.85, 3.0, 0), "variant": "tfidf_logreg"}
+    summary = report.summarize_results(records, [baseline])
+    assert "LoRA vs head-only: +25.0 points; 20 reviews only LoRA gets right, 0 only head-only" in summary
+    assert "(exact McNemar p = 1.9e-06): a real difference" in summary
+    assert "NF4 LoRA vs LoRA: -2.5 points; 0 reviews only NF4 LoRA gets right, 2 only LoRA" in summary
+    assert "(exact McNemar p = 0.5): not distinguishable on this test set" in summary
+    assert "TF-IDF + logistic regression on the same reviews: 85.0% in 3 s; clearly above it" in summary
+    assert summary.endswith("LoRA, NF4 LoRA.")  # head-only's interval (70-80%) is not above 85%
 
 
 def test_plots_draw_one_bar_per_variant(records):
     fig = plots.plot_comparison(records)
     assert [len(ax.patches) for ax in fig.axes] == [3, 3, 3]
-    assert len(plots.plot_learning_curves(records).axes[0].lines) == 3
+    curves = plots.plot_learning_curves(records)
+    assert len(curves.axes[0].lines) == 3
+    assert max(curves.axes[0].lines[0].get_xdata()) == 1.0  # fractions of each run, not steps
 
 
 def test_accuracy_vs_cost_plot_has_every_method(records):
     baseline = {**fake_record("lora", 0.85, 1.0, 0), "variant": "tfidf_logreg"}
     fig = plots.plot_accuracy_vs_cost(records, [baseline])
-    assert [len(ax.texts) for ax in fig.axes] == [4, 4]
-    assert "TF-IDF + LR" in [t.get_text() for t in fig.axes[0].texts]
+    assert [len(ax.texts) for ax in fig.axes] == [3, 3]  # the variants, annotated
+    time_labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "TF-IDF + LR (85.0%)" in time_labels
+    # on the memory axis the baseline is a line at its accuracy, not a point at its process's memory
+    assert [line.get_ydata()[0] for line in fig.axes[1].lines if line.get_linestyle() == ":"] == [0.85]
 
 
 def test_readme_results_block_is_generated_from_records(records, tmp_path):
@@ -42,6 +69,7 @@ def test_readme_results_block_is_generated_from_records(records, tmp_path):
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "| LoRA | 0.880 |" in text and "| TF-IDF + LR (baseline) | 0.850 |" in text
     assert "IMDB train 1000 / validation 200 / test 100 reviews" in text
+    assert "What they say (generated from the records):\n\n- Best test accuracy: LoRA at 88.0%" in text
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="results:start"):
         report.update_readme(readme, [tmp_path / "rec"])
@@ -122,10 +150,12 @@ def test_compute_matched_table_gives_each_runs_best_accuracy_within_each_budget(
     assert lines[2] == "| head-only | 75.0% (lr 0.001) | 75.0% (lr 0.001) | 75.0% (lr 0.001) | 75.0% (lr 0.001) |"
     assert lines[3] == "| LoRA | - | 90.0% (lr 0.0001) | - | 90.0% (lr 0.0001) |"  # its best run in each budget
 
-    fig = plots.plot_validation_curves([fast, slow], baseline_accuracy=0.8, hardware="test machine")
-    time_ax, mem_ax = fig.axes
-    assert len(time_ax.lines) == 3 and list(time_ax.lines[1].get_xdata()) == [10.0, 20.0]  # two runs, the baseline
-    assert list(mem_ax.lines[1].get_xdata()) == [4.0]  # GB: the run's peak, at its final accuracy
+    fig = plots.plot_validation_curves([fast, slow, slower], baseline_accuracy=0.8, hardware="test machine")
+    head_ax, lora_ax = fig.axes  # one panel per variant
+    assert [ax.get_title() for ax in fig.axes] == ["head-only", "LoRA"]
+    assert len(lora_ax.lines) == 3 and list(lora_ax.lines[0].get_xdata()) == [10.0, 20.0]  # two runs, the baseline
+    labels = [t.get_text() for t in lora_ax.get_legend().get_texts()]
+    assert labels == ["lr 0.0001, peak 4.0 GB", "lr 0.001, lora_r 4, peak 5.0 GB", "TF-IDF + LR"]
 
 
 def test_a_block_in_another_folder_links_files_relative_to_itself(tmp_path, monkeypatch):
