@@ -128,7 +128,7 @@ PROFILES: dict[str, Config] = {
         test_size=1000,  # about +-1.9 points at 90% (Wilson 95%)
         max_length=256,  # longer reviews are cut (the records count how many)
         prompt_suffix="\nOverall, the sentiment of this review is",  # makes the last token, which the head reads, summarise the review
-        # 43% of reviews are cut at 256 tokens. bench/truncation (head-only, 1,000 validation reviews): head+tail
+        # 43-44% of reviews are cut at 256 tokens. bench/truncation (head-only, 1,000 validation reviews): head+tail
         # 86.9% vs head 83.9% on the cut ones (paired p 0.18, not resolved alone), as Sun et al. (2019) found on IMDB.
         truncation="head+tail",
         train_batch_size=8,  # 125 steps from 1,000 reviews

@@ -274,9 +274,16 @@ NOT_RECIPE = {"profile", "data_dir", "work_dir", "records_dir", "adapter_dir_f32
               "checkpoint_every", "lr_head_only", "lr_lora"}  # fmt: skip
 
 
+# What records from before a setting existed ran with (sweep records predate truncation settings)
+SETTINGS_BEFORE_THEY_EXISTED = {"truncation": "head", "truncation_head_share": 0.25}
+
+
 def recipe_differences(config: dict, reference: dict, variant: str) -> dict:
     """The settings in which `config` trains `variant` differently from `reference` (a profile's config)."""
     unused = ("lora_", "nf4_") if variant == "head_only" else ("head_",)  # settings the variant never reads
+    config = SETTINGS_BEFORE_THEY_EXISTED | config
+    if config.get("truncation") != "head+tail":
+        config.pop("truncation_head_share", None)  # only head+tail reads it
     return {
         key: value
         for key, value in config.items()
@@ -346,8 +353,8 @@ def compute_matched_table(curves: list[dict]) -> str:
     variants = list(dict.fromkeys(c["variant"] for c in curves))
     times = {v: min(c["points"][-1][0] for c in curves if c["variant"] == v) for v in variants}
     memories = {v: min(c["points"][-1][2] for c in curves if c["variant"] == v) for v in variants}
-    columns = [f"<= {times[v]:,.0f} s ({VARIANT_LABELS.get(v, v)}'s time)" for v in variants]
-    columns += [f"<= {memories[v] / 1e9:.1f} GB ({VARIANT_LABELS.get(v, v)}'s memory)" for v in variants]
+    columns = [f"<= {times[v]:,.0f} s ({VARIANT_LABELS.get(v, v)}'s shortest run)" for v in variants]
+    columns += [f"<= {memories[v] / 1e9:.1f} GB ({VARIANT_LABELS.get(v, v)}'s smallest peak)" for v in variants]
     lines = ["| variant | " + " | ".join(columns) + " |", "|---" * (1 + len(columns)) + "|"]
     for v in variants:
         cells = []

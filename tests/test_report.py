@@ -127,6 +127,10 @@ def test_curves_name_what_a_run_changed_from_the_profile():
     head = stamped_run("head_only", 1e-3, [(5.0, 0.8, 1e9)]) | {"config": profile | {"lora_dropout": 0.05, "work_dir": "x"}}
     assert report.recipe_differences(lora["config"], profile, "lora") == {"lora_dropout": 0.05}
     assert report.recipe_differences(head["config"], profile, "head_only") == {}  # head-only has no LoRA dropout
+    # a record from before truncation settings existed ran with head truncation, which must show against head+tail
+    assert report.recipe_differences({"lr_lora": 5e-4}, {"truncation": "head+tail", "lr_lora": 5e-4}, "lora") == {
+        "truncation": "head"
+    }
     curves = report.validation_curves([lora, head], reference=profile)
     assert [c["setting"] for c in curves] == ["lr 0.0005, lora_dropout 0.05", "lr 0.001"]
     assert curves[0]["label"] == "LoRA, lr 0.0005, lora_dropout 0.05"
@@ -145,7 +149,7 @@ def test_compute_matched_table_gives_each_runs_best_accuracy_within_each_budget(
               "points": [(8.0, 0.5, 2e9), (30.0, 0.8, 5e9)]}  # fmt: skip
     lines = report.compute_matched_table([fast, slow, slower]).splitlines()
     assert lines[0] == (
-        "| variant | <= 6 s (head-only's time) | <= 20 s (LoRA's time) | <= 1.0 GB (head-only's memory) | <= 4.0 GB (LoRA's memory) |"
+        "| variant | <= 6 s (head-only's shortest run) | <= 20 s (LoRA's shortest run) | <= 1.0 GB (head-only's smallest peak) | <= 4.0 GB (LoRA's smallest peak) |"
     )
     assert lines[2] == "| head-only | 75.0% (lr 0.001) | 75.0% (lr 0.001) | 75.0% (lr 0.001) | 75.0% (lr 0.001) |"
     assert lines[3] == "| LoRA | - | 90.0% (lr 0.0001) | - | 90.0% (lr 0.0001) |"  # its best run in each budget
