@@ -118,7 +118,8 @@ PROFILES: dict[str, Config] = {
     "full": FULL,
     # Real accuracy offline on 2 CPU cores: a pretrained LM of GPT-2's size (SmolLM2-135M, installed
     # from PyPI) on real IMDB reviews. Sized so that bench/accuracy (three variants and the TF-IDF
-    # baseline) fits 100 minutes here; measured: 80.1 min (results/cpu/benchmark/accuracy_run.json).
+    # baseline) fits 100 minutes here; measured: 80.1 min (2026-11-28, head truncation). The notebook run that wrote the
+    # committed records took 116.1 min (results/cpu/benchmark/accuracy_run.json; see docs/benchmarks.md).
     "cpu": dataclasses.replace(
         FULL,
         profile="cpu",

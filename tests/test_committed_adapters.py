@@ -38,13 +38,14 @@ def test_committed_adapter_reproduces_its_record(folder, variant):
 
     cfg = make_config(meta["profile"], data_dir=data_dir)
     assert cfg.max_length == meta["max_length"] and cfg.prompt_suffix == meta["prompt_suffix"]
+    assert (cfg.truncation, cfg.truncation_head_share) == (meta["truncation"], meta["truncation_head_share"])
     test = data.prepare_splits(cfg, data.load_imdb(data_dir))["test"]
     n = len(test) if os.environ.get("PEFT_FULL_REPRO") == "1" else 48
     # on the path the record was made on: on a CPU with AVX512-BF16, bitsandbytes' packed bf16 inference
     # kernel would move NF4's probabilities by up to 0.025 (issue 14), so it is kept off here
     assert record["nf4_kernel"] in (None, "dequantize to the compute dtype, then matmul")
     model, tokenizer = inference.load_adapter(adapter, model_path=None)  # cpu_inference_kernel=False
-    out = inference.predict_reviews(model, tokenizer, test["text"][:n], cfg.max_length, cfg.prompt_suffix)
+    out = inference.predict_reviews(model, tokenizer, test["text"][:n], **inference.encoding(meta))  # as it was trained
     assert models.nf4_kernel(model) == record["nf4_kernel"]
     probs = inference.pos_probabilities(out)
     assert probs == pytest.approx(record["predictions"][:n], abs=2e-4)
