@@ -134,12 +134,12 @@ def write_run_summary(records_dir: str, command: str, variants, seconds: float, 
     return write_json_atomic(run, Path(records_dir) / ACCURACY_RUN_FILE)
 
 
+NOTEBOOK_COMMAND_ENV = "PEFT_NOTEBOOK_COMMAND"  # set by bench/notebook.py
+
+
 def notebook_command(profile: str) -> str:
     """How the notebook's records were produced: bench/notebook.py's command when it runs the notebook, else nbconvert."""
     return (
         os.environ.get(NOTEBOOK_COMMAND_ENV)
         or f"PEFT_PROFILE={profile} jupyter nbconvert --to notebook --execute project_peft.ipynb"
     )
-
-
-NOTEBOOK_COMMAND_ENV = "PEFT_NOTEBOOK_COMMAND"  # set by bench/notebook.py

@@ -201,3 +201,16 @@ def test_nf4_evaluate_then_train_on_a_bf16_cpu_equals_an_unpacked_run(
     assert on_bf16_cpu.keys() == unpacked.keys()
     for name in unpacked:
         assert torch.equal(on_bf16_cpu[name], unpacked[name]), name
+
+
+def test_activation_cost_shows_checkpointing_keeps_less_for_backward(tiny_model_path, tokenizer, toy_tokenized, lora_config):
+    model = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
+    model.config.use_cache = False
+    rows = toy_tokenized["train"].select(range(4)).select_columns(["input_ids", "attention_mask", "label"])
+    batch = train.make_collator(tokenizer)(list(rows))
+    off = train.activation_cost(model, batch)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    on = train.activation_cost(model, batch)
+    assert 0 < on["saved_bytes"] < off["saved_bytes"] / 2  # only each block's input is kept
+    assert on["forward_seconds"] <= on["step_seconds"] and off["forward_seconds"] <= off["step_seconds"]
+    assert all(p.grad is None for p in model.parameters())  # cleared after each step
