@@ -21,7 +21,7 @@ from transformers import DataCollatorWithPadding
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from peft_sentiment.config import Config
-from peft_sentiment.hardware import resolve_precision
+from peft_sentiment.hardware import autocast, resolve_precision
 
 
 def length_order(lengths, longest_first: bool = False) -> np.ndarray:
@@ -52,8 +52,8 @@ class FeatureHead(nn.Module):
 def extract_features(model, dataset, tokenizer, batch_size: int, precision: str = "fp32") -> tuple[torch.Tensor, dict]:
     """The hidden state the head reads (last real token), one frozen forward pass per review, in dataset order.
 
-    Reviews go through in length order, so each batch pads to a near-equal length. `precision` "bf16"
-    runs the pass under bf16 autocast, as the Trainer does for the other variants.
+    Reviews go through in length order, so each batch pads to a near-equal length. `precision` (resolved:
+    "bf16", "fp16" or "fp32") runs the pass under the autocast the Trainer uses for the other variants.
     """
     collator = DataCollatorWithPadding(tokenizer)
     backbone = model.base_model  # GPT2Model / LlamaModel: everything below the head
@@ -66,7 +66,7 @@ def extract_features(model, dataset, tokenizer, batch_size: int, precision: str 
     for start in tqdm(range(0, len(order), batch_size), desc="Frozen forward pass", unit="batch"):
         rows = order[start : start + batch_size]
         batch = collator([columns[i] for i in rows]).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(precision, device.type):
             hidden = backbone(**batch).last_hidden_state
         mask = batch["attention_mask"]
         last = (mask * torch.arange(mask.shape[1], device=device)).argmax(-1)  # last real token, either padding side

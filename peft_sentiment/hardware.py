@@ -58,6 +58,18 @@ def resolve_precision(precision: str = "auto") -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: str, device_type: str):
+    """The autocast the Trainer computes a resolved `precision` under (weights stay fp32); no autocast for fp32.
+
+    A model trained by the Trainer in bf16 keeps computing so (accelerate wraps its forward in place),
+    so predictions made afterwards, or on a reloaded adapter, match its record only under the same autocast.
+    """
+    return torch.autocast(device_type, dtype=AUTOCAST_DTYPES.get(precision, torch.bfloat16), enabled=precision in AUTOCAST_DTYPES)
+
+
 def describe_precision(precision: str) -> str:
     """One line saying what `precision` resolved to on this machine, and why."""
     chosen = resolve_precision(precision)

@@ -14,7 +14,7 @@ from transformers import BitsAndBytesConfig, DataCollatorWithPadding
 
 from peft_sentiment.catalog import WEIGHTS_SOURCE, architecture_of, hub_base_model, load_tokenizer, resolve_model
 from peft_sentiment.data import LABEL_NAMES, encode_reviews, strip_markup
-from peft_sentiment.hardware import resolve_precision
+from peft_sentiment.hardware import autocast, resolve_precision
 from peft_sentiment.models import NF4_EMBEDDING_DTYPE, load_classifier
 from peft_sentiment.recording import VARIANT_LABELS
 
@@ -231,12 +231,17 @@ def make_pipeline(model_dir: str):
 
 @torch.inference_mode()
 def encoding(meta: dict) -> dict:
-    """How an adapter's reviews were encoded, as `predict_reviews` takes it (adapters from before truncation settings: head)."""
+    """How an adapter's reviews were encoded and computed, as `predict_reviews` takes it.
+
+    Adapters from before truncation settings were trained with `head`, and those from before the precision
+    setting in fp32.
+    """
     return {
         "max_length": meta["max_length"],
         "suffix": meta["prompt_suffix"],
         "truncation": meta.get("truncation", "head"),
         "head_share": meta.get("truncation_head_share", 0.25),
+        "precision": meta.get("precision", "fp32"),
     }
 
 
@@ -250,8 +255,10 @@ def predict_reviews(
     progress: bool = False,
     truncation: str = "head",
     head_share: float = 0.25,
+    precision: str = "fp32",
 ) -> list[dict]:
-    """Label and probability of the predicted label for each text, in input order, encoded as in training (`encoding`)."""
+    """Label and probability of the predicted label for each text, in input order, encoded and computed as in
+    training (`encoding`): `precision` "bf16" or "fp16" runs under the Trainer's autocast."""
     if isinstance(texts, str):
         texts = [texts]
     device = next(model.parameters()).device
@@ -262,7 +269,9 @@ def predict_reviews(
             "input_ids"
         ]
         batch = collator([{"input_ids": row, "attention_mask": [1] * len(row)} for row in ids])
-        probs = torch.softmax(model(**batch.to(device)).logits.float(), dim=-1)
+        with autocast(precision, device.type):
+            logits = model(**batch.to(device)).logits
+        probs = torch.softmax(logits.float(), dim=-1)
         for row in probs.tolist():
             label = int(row[1] > row[0])
             results.append({"label": LABEL_NAMES[label], "probability": row[label]})

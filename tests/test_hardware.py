@@ -41,6 +41,14 @@ def test_auto_precision_on_gpus(monkeypatch):
         assert hardware.resolve_precision("auto") == expected
 
 
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_autocast_computes_matmuls_in_the_resolved_precision(precision, dtype):
+    layer = torch.nn.Linear(4, 4)
+    with hardware.autocast(precision, "cpu"):
+        assert layer(torch.ones(1, 4)).dtype == dtype
+    assert layer.weight.dtype == torch.float32  # mixed precision: the weights themselves stay fp32
+
+
 def test_an_explicit_precision_is_kept_and_a_bad_one_named(cpu_with):
     cpu_with("avx512_bf16")
     assert hardware.resolve_precision("fp32") == "fp32" and "set in the config" in hardware.describe_precision("fp32")

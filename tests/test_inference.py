@@ -187,11 +187,12 @@ def test_an_adapter_encodes_reviews_the_way_it_was_trained(saved, toy_cfg, token
     import dataclasses
 
     model, folder = saved["lora"]
-    cfg = dataclasses.replace(toy_cfg, truncation="tail", truncation_head_share=0.5)
+    cfg = dataclasses.replace(toy_cfg, truncation="tail", truncation_head_share=0.5, precision="fp32")
     tail = tmp_path / "tail"
     inference.save_adapter(model, tokenizer, tail, inference.adapter_meta(cfg, "lora", tiny_model_path, None))
     meta = inference.check_adapter_dir(tail)
-    assert inference.encoding(meta) == {"max_length": cfg.max_length, "suffix": "", "truncation": "tail", "head_share": 0.5}
+    expected = {"max_length": cfg.max_length, "suffix": "", "truncation": "tail", "head_share": 0.5, "precision": "fp32"}
+    assert inference.encoding(meta) == expected
     long_review = " ".join(["good"] * 30 + ["awful"] * 30)
     reloaded, reloaded_tokenizer = inference.load_adapter(tail)
     as_trained = inference.predict_reviews(reloaded, reloaded_tokenizer, [long_review], **inference.encoding(meta))
@@ -199,3 +200,38 @@ def test_an_adapter_encodes_reviews_the_way_it_was_trained(saved, toy_cfg, token
     assert as_trained != inference.predict_reviews(model, tokenizer, [long_review], cfg.max_length, truncation="head")
     legacy = {k: v for k, v in meta.items() if not k.startswith("truncation")}  # saved before the setting existed
     assert inference.encoding(legacy)["truncation"] == "head"
+    assert inference.encoding({k: v for k, v in meta.items() if k != "precision"})["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_reloaded_adapter_predicts_what_the_trainer_recorded_in_its_precision(
+    precision, saved, toy_cfg, tokenizer, tiny_model_path, toy_splits, toy_tokenized, tmp_path
+):
+    """bf16 is forced on every CPU (emulated where it is not native), so both machines' paths run everywhere."""
+    import dataclasses
+
+    from transformers import Trainer
+
+    from peft_sentiment import train
+
+    model, _ = saved["lora"]
+    cfg = dataclasses.replace(toy_cfg, precision=precision, work_dir=str(tmp_path / "work"))
+    folder = inference.save_adapter(
+        model, tokenizer, tmp_path / "adapter", inference.adapter_meta(cfg, "lora", tiny_model_path, None)
+    )
+    meta = inference.check_adapter_dir(folder)
+    # what a record holds: the Trainer's evaluation, under the autocast of the run's precision
+    evaluated = inference.load_adapter(folder)[0]
+    args = train.make_training_args(cfg, "lora", eval_strategy="no")
+    trainer = Trainer(model=evaluated, args=args, data_collator=train.make_collator(tokenizer))
+    _, recorded = train.predict_in_order(trainer, toy_tokenized["test"].select(range(16)))
+
+    reloaded, reloaded_tokenizer = inference.load_adapter(folder)
+    texts = toy_splits["test"]["text"][:16]
+    as_trained = inference.pos_probabilities(
+        inference.predict_reviews(reloaded, reloaded_tokenizer, texts, **inference.encoding(meta))
+    )
+    in_fp32 = inference.pos_probabilities(inference.predict_reviews(reloaded, reloaded_tokenizer, texts, cfg.max_length))
+    assert as_trained == pytest.approx(recorded, abs=1e-5)
+    if precision == "bf16":  # bf16 rounding is visible: predicting in fp32 would not reproduce the record
+        assert max(abs(a - b) for a, b in zip(in_fp32, recorded, strict=True)) > 1e-4

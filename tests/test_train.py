@@ -6,6 +6,7 @@ from transformers import DataCollatorWithPadding
 
 from peft_sentiment import VARIANTS, features, train
 from peft_sentiment.features import extract_features, feature_dataset
+from peft_sentiment.hardware import autocast
 from peft_sentiment.inference import pos_probabilities, predict_reviews
 from peft_sentiment.models import build_variant
 from peft_sentiment.recording import check_record
@@ -94,20 +95,24 @@ def test_head_only_resume_reuses_the_saved_features(toy_cfg, tiny_model_path, to
         )
 
 
-def test_head_on_cached_features_trains_the_models_own_head(toy_cfg, tiny_model_path, tokenizer, toy_tokenized):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16 forced: emulated on CPUs without it, native on the others
+def test_head_on_cached_features_trains_the_models_own_head(precision, toy_cfg, tiny_model_path, tokenizer, toy_tokenized):
+    cfg = dataclasses.replace(toy_cfg, precision=precision)
     model = build_variant("head_only", tiny_model_path, tokenizer, seed=0)
     start = model.score.weight.detach().clone()
-    trainer, result = train_head_on_features(toy_cfg, model, tokenizer, toy_tokenized)
+    trainer, result = train_head_on_features(cfg, model, tokenizer, toy_tokenized)
     assert not torch.equal(model.score.weight, start), "the trained head is the model's head"
     assert result["train_tokens"]["real"] == sum(toy_tokenized["train"]["length"])  # one forward pass per review
     assert result["metrics"]["test_reviews"] == len(toy_tokenized["test"])
     # the whole model now predicts what the head predicted on cached features
     probs = trainer.predict(
-        feature_dataset(extract_features(model, toy_tokenized["test"], tokenizer, 8)[0], toy_tokenized["test"]["label"])
+        feature_dataset(
+            extract_features(model, toy_tokenized["test"], tokenizer, 8, precision)[0], toy_tokenized["test"]["label"]
+        )
     )
     rows = DataCollatorWithPadding(tokenizer)([toy_tokenized["test"].select_columns(["input_ids", "attention_mask"])[0]])
-    with torch.no_grad():
-        assert torch.allclose(model(**rows).logits[0], torch.as_tensor(probs.predictions[0]), atol=1e-5)
+    with torch.no_grad(), autocast(precision, "cpu"):  # as the run computed: its precision's autocast
+        assert torch.allclose(model(**rows).logits[0].float(), torch.as_tensor(probs.predictions[0]), atol=1e-5)
 
 
 def test_recorded_predictions_are_in_test_order(toy_cfg, tiny_model_path, tokenizer, toy_splits, toy_tokenized, lora_config):
