@@ -34,7 +34,9 @@ def save_adapter(model, tokenizer, out_dir: str, meta: dict, record: dict | None
     shutil.rmtree(tmp, ignore_errors=True)
     for adapter_config in model.peft_config.values():  # peft would write the local path it loaded from
         adapter_config.base_model_name_or_path = meta["hub_base_model"]
-    model.save_pretrained(tmp, safe_serialization=True)
+    # The vocabulary is never resized (the pad token is EOS), so no embedding rows to save; peft's "auto" would
+    # look the Hub base's config up to decide, and warn on every offline save.
+    model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
     tokenizer.save_pretrained(tmp)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
     (tmp / "README.md").write_text(model_card(meta, record))

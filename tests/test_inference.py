@@ -152,6 +152,22 @@ def test_a_crash_mid_save_leaves_the_previous_adapter_intact(saved, tokenizer, t
     inference.load_adapter(target)  # still loads
 
 
+def test_saving_offline_looks_nothing_up_and_warns_nothing(saved, tokenizer, tmp_path, recwarn):
+    model, source = saved["lora"]
+    # a committed adapter names its Hub base, which is out of reach here (the toy's names a local folder)
+    meta = json.loads((source / inference.META_FILE).read_text()) | {"hub_base_model": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    inference.save_adapter(model, tokenizer, tmp_path / "adapter", meta)
+    assert not [w for w in recwarn if "config" in str(w.message) or "remote file" in str(w.message)]
+    assert "embed_tokens" not in str(safe_open_keys(tmp_path / "adapter" / "adapter_model.safetensors"))
+
+
+def safe_open_keys(path) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return list(handle.keys())
+
+
 def test_adapter_on_another_base_or_label_count_is_refused(saved, tmp_path, toy_cfg):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
