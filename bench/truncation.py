@@ -2,6 +2,7 @@
 
     python bench/truncation.py --variant head_only             # all settings; ~40 min on 2 CPU cores (cpu profile)
     python bench/truncation.py --variant lora --settings head head+tail    # ~30 min per setting
+    python bench/truncation.py --variant lora --settings head head+tail --resume   # after a crash
     python bench/truncation.py --report --readme docs/benchmarks.md   # the table from the records
 
 At the profile's max length (the same cost), each setting trains the variant on the profile's own
@@ -11,7 +12,9 @@ reported overall and separately on the reviews the profile's setting cuts (longe
 and on the whole ones, each with its Wilson 95% interval; the settings see the very same reviews, so
 differences are paired. Head-only computes each distinct token sequence's frozen features once:
 reviews that fit are the same under every truncation.
-Writes results/<profile>/truncation/<variant>.json.
+Writes results/<profile>/truncation/<variant>.json, again after each LoRA setting, so a crash loses at
+most the setting in progress; --resume keeps the settings recorded with this exact config and validation
+set, and continues the next from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import copy
 import dataclasses
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from peft_sentiment import VARIANTS, data, features, metrics, models, recording, report, train
+from peft_sentiment import VARIANTS, data, features, hardware, metrics, models, recording, report, train
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides
 from peft_sentiment.pipeline import prepare_data
 
@@ -47,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--val-size", type=int, default=1000, help="validation reviews carved from unused training reviews")
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE", help="other config overrides, as in the CLI")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep settings recorded with this exact config; resume the next from checkpoints"
+    )
     parser.add_argument("--report", action="store_true", help="print (and with --readme, write) the table from the records")
     parser.add_argument(
         "--readme", help="with --report: regenerate the truncation block of this Markdown file (docs/benchmarks.md)"
@@ -96,19 +103,17 @@ def head_only_probabilities(cfg, model, features_by_setting: dict, labels: dict)
     return probabilities
 
 
-def lora_probabilities(cfg, variant: str, tokenized: dict, model_path: str, tokenizer) -> dict:
-    """Per setting: the variant trained as the profile trains it, P(pos) on validation."""
-    probabilities = {}
+def lora_probabilities(cfg, variant: str, tokenized: dict, work_dirs: dict, prepared, resume: bool = False):
+    """Per setting, in turn: (name, P(pos) on validation) of the variant trained as the profile trains it."""
     for name, t in tokenized.items():
-        setting_cfg = dataclasses.replace(cfg, work_dir=str(Path(cfg.work_dir) / "truncation" / name), evals_per_run=1)
-        model = models.build_configured_variant(setting_cfg, variant, model_path, tokenizer)
+        setting_cfg = dataclasses.replace(cfg, work_dir=str(work_dirs[name]), evals_per_run=1)
+        model = models.build_configured_variant(setting_cfg, variant, prepared.model_path, prepared.tokenizer)
         # No validation pass during training: the one after it gives the figures (a pass of 1,000 reviews is ~10 min here).
         args = train.make_training_args(setting_cfg, variant, eval_strategy="no")
-        trainer = train.make_trainer(model, tokenizer, args, t["train"], t["validation"])
-        train.fit(trainer)
+        trainer = train.make_trainer(model, prepared.tokenizer, args, t["train"], t["validation"])
+        train.fit(trainer, resume)
         _, probs = train.predict_in_order(trainer, t["validation"])
-        probabilities[name] = np.asarray(probs)
-    return probabilities
+        yield name, np.asarray(probs)
 
 
 def scores(labels, probabilities, cut) -> dict:
@@ -125,53 +130,91 @@ def scores(labels, probabilities, cut) -> dict:
     return out
 
 
-def run(args, argv) -> dict:
+def resumable(path: Path, record: dict) -> dict | None:
+    """The record at `path` if it was made with `record`'s variant, config, precision and validation reviews, else None."""
+    if not path.is_file():
+        return None
+    previous = recording.read_json(path)
+    # "precision" too: `auto` resolves to another precision on another machine
+    if any(previous.get(key) != record[key] for key in ("variant", "config", "precision", "validation", "validation_labels")):
+        print(f"{path} was made with another config, precision or validation set: every setting runs again")
+        return None
+    return previous
+
+
+def run(args, argv, path: Path) -> dict:
+    """Score each setting on the carved validation set; the record at `path` is rewritten as each one finishes."""
     started = time.perf_counter()
     cfg = make_config(args.profile, **parse_overrides(args.set))
     splits = carve_validation(cfg, args.val_size)
-    prepared = {name: prepare_data(dataclasses.replace(cfg, **SETTINGS[name]), splits) for name in args.settings}
-    tokenized = {name: p.tokenized for name, p in prepared.items()}
-    model_path, tokenizer = next(iter(prepared.values())).model_path, next(iter(prepared.values())).tokenizer
     labels = {split: splits[split]["label"] for split in ("train", "validation")}
-    if args.variant == "head_only":
-        model = models.build_variant("head_only", model_path, tokenizer, seed=cfg.seed)
-        probabilities = head_only_probabilities(
-            cfg, model, frozen_features(model, tokenizer, tokenized, cfg.eval_batch_size), labels
-        )
-    else:
-        probabilities = lora_probabilities(cfg, args.variant, tokenized, model_path, tokenizer)
     # the groups are the reviews the profile's own setting cuts, the same reviews for every setting
-    reference = prepare_data(cfg, splits).tokenized["validation"]
-    cut = np.asarray(reference["n_tokens"]) > cfg.max_length
-    return {
+    reference = prepare_data(cfg, splits)
+    cut = np.asarray(reference.tokenized["validation"]["n_tokens"]) > cfg.max_length
+    record = {
         "variant": args.variant,
         "profile": cfg.profile,
         "command": "python " + shlex.join(["bench/truncation.py", *argv]),
         "config": config_to_dict(cfg),
+        "precision": hardware.describe_precision(cfg.precision),
         "validation": {
             "reviews": len(splits["validation"]),
             "source": "training reviews the profile does not use",
             "seed": cfg.seed + 1,
         },
-        "settings": {
-            name: {"changes": SETTINGS[name], **scores(labels["validation"], p, cut)} for name, p in probabilities.items()
-        },
-        "predictions": {name: [round(float(x), 6) for x in p] for name, p in probabilities.items()},
         "validation_labels": list(map(int, labels["validation"])),
+        "validation_truncated": list(map(bool, cut)),
+        "settings": {},
+        "predictions": {},
         "device": recording.device_info(),
         "versions": recording.library_versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "total_seconds": time.perf_counter() - started,
     }
+    previous = resumable(path, record) if args.resume else None
+    kept = [name for name in args.settings if previous and name in previous["settings"]]
+    for name in kept:
+        record["settings"][name], record["predictions"][name] = previous["settings"][name], previous["predictions"][name]
+    seconds_before = previous["total_seconds"] if previous else 0.0
+    todo = [name for name in args.settings if name not in kept]
+    print(f"settings to run: {todo}; kept from {path}: {kept}")
+    if not todo:
+        return previous
+    # Checkpoints are this config's only when its record is on disk: a fresh start clears every setting's old ones.
+    work_dirs = {name: Path(cfg.work_dir) / "truncation" / name for name in SETTINGS}
+    if previous is None:
+        for folder in work_dirs.values():
+            shutil.rmtree(folder / args.variant, ignore_errors=True)  # the Trainer's output_dir (make_training_args)
+
+    def save() -> None:
+        record["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        record["total_seconds"] = seconds_before + time.perf_counter() - started
+        recording.write_json_atomic(record, path)
+
+    save()  # at once, so that a run stopped during its first setting can resume from that setting's checkpoint
+    tokenized = {}
+    for name in todo:
+        setting_cfg = dataclasses.replace(cfg, **SETTINGS[name])
+        tokenized[name] = (reference if setting_cfg == cfg else prepare_data(setting_cfg, splits)).tokenized
+    if args.variant == "head_only":
+        model = models.build_variant("head_only", reference.model_path, reference.tokenizer, seed=cfg.seed)
+        features_by_setting = frozen_features(model, reference.tokenizer, tokenized, cfg.eval_batch_size)
+        results = head_only_probabilities(cfg, model, features_by_setting, labels).items()
+    else:
+        results = lora_probabilities(cfg, args.variant, tokenized, work_dirs, reference, resume=previous is not None)
+    for name, probabilities in results:
+        record["settings"][name] = {"changes": SETTINGS[name], **scores(labels["validation"], probabilities, cut)}
+        record["predictions"][name] = [round(float(x), 6) for x in probabilities]
+        save()
+    return record
 
 
 def truncation_section(records: list[dict]) -> str:
-    """Markdown: per variant and setting, validation accuracy overall, on cut reviews and on whole ones."""
+    """Markdown: per variant and setting, validation accuracy overall, on cut reviews and on whole ones, then each
+    setting paired against `head` on the same reviews (exact McNemar)."""
     first = records[0]
     lines = [
         f"**Profile `{first['profile']}`, max length {first['config']['max_length']}, validation: "
         f"{first['validation']['reviews']:,} {first['validation']['source']} (the test set is not read).** "
-        "Truncated = the reviews the profile's head truncation cuts; the same reviews for every setting.",
+        "Truncated = the reviews longer than the max length, which every setting cuts: the same reviews for every setting.",
         "",
         "| variant | setting | accuracy (95% CI) | truncated reviews | whole reviews |",
         "|---|---|---|---|---|",
@@ -183,8 +226,37 @@ def truncation_section(records: list[dict]) -> str:
                 for p in ("all", "truncated", "whole")
             ]
             lines.append(f"| {recording.VARIANT_LABELS[r['variant']]} | {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Reproduce: " + ", ".join(f"`{r['command']}`" for r in records)]
+    lines += [
+        "",
+        "Each setting against `head` on the same reviews: how many only the setting gets right, how many only `head`"
+        " does, and the exact McNemar p-value (a difference is resolved at p < 0.05).",
+        "",
+        "| variant | setting | all reviews | truncated reviews |",
+        "|---|---|---|---|",
+    ]
+    for r in records:
+        for name in [n for n in r["settings"] if n != "head" and "head" in r["settings"]]:
+            cells = [paired_cell(r, name, part) for part in ("all", "truncated")]
+            lines.append(f"| {recording.VARIANT_LABELS[r['variant']]} | {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Reproduce (machine, precision, wall time):"]
+    lines += [
+        f"- `{r['command']}` ({r['device']['name']}, {r['device'].get('cores', r['device'].get('count'))} "
+        f"{'cores' if r['device']['type'] == 'cpu' else 'GPUs'}, {r.get('precision', 'precision ' + r['config']['precision'])},"
+        f" {r['total_seconds'] / 60:.1f} min, {r['created'][:10]})"
+        for r in records
+    ]
     return "\n".join(lines)
+
+
+def paired_cell(record: dict, setting: str, part: str) -> str:
+    """'only setting / only head (p)' on all reviews, or on the truncated ones where the record names them."""
+    keep = np.ones(len(record["validation_labels"]), bool) if part == "all" else record.get("validation_truncated")
+    if keep is None:
+        return "-"  # recorded before the record named its truncated reviews
+    keep = np.asarray(keep, bool)
+    labels, predictions = np.asarray(record["validation_labels"])[keep], record["predictions"]
+    d = metrics.paired_difference(labels, np.asarray(predictions[setting])[keep], np.asarray(predictions["head"])[keep])
+    return f"{d['only_a']} / {d['only_b']} (p = {d['p_value']:.2g})"
 
 
 def main(argv=None) -> int:
@@ -192,8 +264,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     folder = Path(make_config(args.profile, **parse_overrides(args.set)).records_dir) / "truncation"
     if not args.report:
-        record = run(args, argv)
-        recording.write_json_atomic(record, folder / f"{args.variant}.json")
+        record = run(args, argv, folder / f"{args.variant}.json")
         print(f"{args.variant}: {record['total_seconds'] / 60:.1f} min")
     records = [recording.read_json(p) for p in sorted(folder.glob("*.json"), key=lambda p: VARIANTS.index(p.stem))]
     section = truncation_section(records)

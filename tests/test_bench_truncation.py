@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import load_bench
 
 
@@ -44,3 +45,45 @@ def test_lora_trains_once_per_setting_and_scores_after_training(toy_imdb_dir, tm
         assert states, name
         history = json.loads(states[0].read_text())["log_history"]
         assert not [h for h in history if "eval_loss" in h]
+
+
+def test_lora_records_each_setting_as_it_finishes_and_resumes_after_a_crash(toy_imdb_dir, tmp_path, monkeypatch):
+    bench = load_bench("truncation")
+    sets = [f"data_dir='{toy_imdb_dir}'", "train_size=32", "val_size=16", "test_size=16", "max_length=12",
+            f"records_dir='{tmp_path}/records'", f"work_dir='{tmp_path}/work'"]  # fmt: skip
+    argv = ["--profile", "smoke", "--variant", "lora", "--settings", "head", "head+tail", "--val-size", "24", "--set", *sets]
+    real_fit, trained = bench.train.fit, []
+
+    def fit_then_crash_on_the_second(trainer, resume=False):
+        trained.append(trainer.args.output_dir)
+        if len(trained) == 2:
+            raise KeyboardInterrupt  # the run is stopped while training the second setting
+        return real_fit(trainer, resume)
+
+    monkeypatch.setattr(bench.train, "fit", fit_then_crash_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(argv)
+    path = tmp_path / "records" / "truncation" / "lora.json"
+    partial = json.loads(path.read_text())
+    assert list(partial["settings"]) == ["head"]  # the finished setting is on disk
+
+    trained.clear()
+    monkeypatch.setattr(bench.train, "fit", lambda trainer, resume=False: trained.append(resume) or real_fit(trainer, resume))
+    assert bench.main([*argv, "--resume"]) == 0
+    record = json.loads(path.read_text())
+    assert list(record["settings"]) == ["head", "head+tail"]
+    assert trained == [True]  # only head+tail was trained, from its checkpoint if it had one
+    assert record["predictions"]["head"] == partial["predictions"]["head"]
+    assert record["total_seconds"] > partial["total_seconds"]
+
+    # another config is not resumed from, nor are its checkpoints: both settings train again, from scratch
+    trained.clear()
+    assert bench.main([*argv, "lora_r=2", "--resume"]) == 0
+    assert trained == [False, False] and json.loads(path.read_text())["config"]["lora_r"] == 2
+
+    # the paired table: on all reviews, and on the truncated ones where the record names them
+    section = bench.truncation_section([record])
+    row = next(line for line in section.splitlines() if line.startswith("| LoRA | head+tail | ") and "(p = " in line)
+    assert row.count("(p = ") == 2 and sum(record["validation_truncated"]) == record["settings"]["head"]["truncated"]["n"]
+    del record["validation_truncated"]  # as in records made before it was recorded
+    assert bench.paired_cell(record, "head+tail", "truncated") == "-"
