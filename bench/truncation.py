@@ -235,25 +235,42 @@ def truncation_section(records: list[dict]) -> str:
         "|---|---|---|---|",
     ]
     for r in records:
+        cut = truncated_reviews(r, records)
         for name in [n for n in r["settings"] if n != "head" and "head" in r["settings"]]:
-            cells = [paired_cell(r, name, part) for part in ("all", "truncated")]
+            cells = [paired_cell(r, name), "-" if cut is None else paired_cell(r, name, cut)]
             lines.append(f"| {recording.VARIANT_LABELS[r['variant']]} | {name} | " + " | ".join(cells) + " |")
     lines += ["", "Reproduce (machine, precision, wall time):"]
-    lines += [
-        f"- `{r['command']}` ({r['device']['name']}, {r['device'].get('cores', r['device'].get('count'))} "
-        f"{'cores' if r['device']['type'] == 'cpu' else 'GPUs'}, {r.get('precision', 'precision ' + r['config']['precision'])},"
-        f" {r['total_seconds'] / 60:.1f} min, {r['created'][:10]})"
-        for r in records
-    ]
+    lines += [f"- `{r['command']}` ({machine(r)}, {r['total_seconds'] / 60:.1f} min, {r['created'][:10]})" for r in records]
     return "\n".join(lines)
 
 
-def paired_cell(record: dict, setting: str, part: str) -> str:
-    """'only setting / only head (p)' on all reviews, or on the truncated ones where the record names them."""
-    keep = np.ones(len(record["validation_labels"]), bool) if part == "all" else record.get("validation_truncated")
-    if keep is None:
-        return "-"  # recorded before the record named its truncated reviews
-    keep = np.asarray(keep, bool)
+def machine(record: dict) -> str:
+    """The record's machine and precision (records from before the precision field name the CPU's bf16 features instead)."""
+    device = record["device"]
+    if device["type"] != "cpu":
+        return f"{device['name']} x{device['count']}, {record.get('precision', 'precision ' + record['config']['precision'])}"
+    bf16 = [flag for flag, present in device["features"].items() if present and "bf16" in flag]
+    flags = f"with {', '.join(bf16)}" if bf16 else "without native bf16"
+    return f"{device['name']}, {device['cores']} cores {flags}, {record.get('precision', 'precision ' + record['config']['precision'])}"
+
+
+# what decides which training reviews are carved out for validation and which of them are cut
+SAME_REVIEWS = ("model_name", "data_dir", "train_size", "val_size", "seed", "max_length", "prompt_suffix")
+
+
+def truncated_reviews(record: dict, records: list[dict]) -> list[bool] | None:
+    """Which validation reviews the record's max length cuts; for a record from before it named them, those of a
+    record on the very same reviews (same carve, labels, tokenizer and max length), else None."""
+    for other in [record, *records]:
+        same = other["validation"] == record["validation"] and other["validation_labels"] == record["validation_labels"]
+        if "validation_truncated" in other and same and all(other["config"][k] == record["config"][k] for k in SAME_REVIEWS):
+            return other["validation_truncated"]
+    return None
+
+
+def paired_cell(record: dict, setting: str, keep: list[bool] | None = None) -> str:
+    """'only setting right / only head right (p)' on the reviews `keep` marks (all when None)."""
+    keep = np.ones(len(record["validation_labels"]), bool) if keep is None else np.asarray(keep, bool)
     labels, predictions = np.asarray(record["validation_labels"])[keep], record["predictions"]
     d = metrics.paired_difference(labels, np.asarray(predictions[setting])[keep], np.asarray(predictions["head"])[keep])
     return f"{d['only_a']} / {d['only_b']} (p = {d['p_value']:.2g})"

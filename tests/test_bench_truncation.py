@@ -85,5 +85,9 @@ def test_lora_records_each_setting_as_it_finishes_and_resumes_after_a_crash(toy_
     section = bench.truncation_section([record])
     row = next(line for line in section.splitlines() if line.startswith("| LoRA | head+tail | ") and "(p = " in line)
     assert row.count("(p = ") == 2 and sum(record["validation_truncated"]) == record["settings"]["head"]["truncated"]["n"]
-    del record["validation_truncated"]  # as in records made before it was recorded
-    assert bench.paired_cell(record, "head+tail", "truncated") == "-"
+    # a record from before it named its truncated reviews borrows them from one on the very same reviews, else shows none
+    legacy = {k: v for k, v in record.items() if k != "validation_truncated"}
+    assert bench.truncated_reviews(legacy, [record]) == record["validation_truncated"]
+    other = legacy | {"config": legacy["config"] | {"max_length": 16}}
+    assert bench.truncated_reviews(other, [record]) is None
+    assert "| - |" in bench.truncation_section([other])
