@@ -99,7 +99,7 @@ def sweep_lora(base, variant, rates, evals, tokenized, model_path, tokenizer, re
         model = models.build_configured_variant(cfg, variant, model_path, tokenizer)
         args = train.make_training_args(cfg, variant)
         trainer = train.make_trainer(model, tokenizer, args, tokenized["train"], tokenized["validation"])
-        output, training, checkpoint = train.fit(trainer, resume)
+        output, training, checkpoint = train.fit(trainer, cfg, resume)
         record = sweep_record(cfg, variant, lr, trainer, output, training.seconds, training, model, command)
         records.append(write(record | {"resumed_from": checkpoint}, cfg))
     return records

@@ -14,7 +14,7 @@ differences are paired. Head-only computes each distinct token sequence's frozen
 reviews that fit are the same under every truncation.
 Writes results/<profile>/truncation/<variant>.json, again after each LoRA setting, so a crash loses at
 most the setting in progress; --resume keeps the settings recorded with this exact config and validation
-set, and continues the next from its last checkpoint.
+set, and continues the next from its last checkpoint (a fresh start removes old checkpoints).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import argparse
 import copy
 import dataclasses
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -111,7 +110,7 @@ def lora_probabilities(cfg, variant: str, tokenized: dict, work_dirs: dict, prep
         # No validation pass during training: the one after it gives the figures (a pass of 1,000 reviews is ~10 min here).
         args = train.make_training_args(setting_cfg, variant, eval_strategy="no")
         trainer = train.make_trainer(model, prepared.tokenizer, args, t["train"], t["validation"])
-        train.fit(trainer, resume)
+        train.fit(trainer, setting_cfg, resume)
         _, probs = train.predict_in_order(trainer, t["validation"])
         yield name, np.asarray(probs)
 
@@ -178,11 +177,8 @@ def run(args, argv, path: Path) -> dict:
     print(f"settings to run: {todo}; kept from {path}: {kept}")
     if not todo:
         return previous
-    # Checkpoints are this config's only when its record is on disk: a fresh start clears every setting's old ones.
-    work_dirs = {name: Path(cfg.work_dir) / "truncation" / name for name in SETTINGS}
-    if previous is None:
-        for folder in work_dirs.values():
-            shutil.rmtree(folder / args.variant, ignore_errors=True)  # the Trainer's output_dir (make_training_args)
+    # Checkpoints are resumed only with the record they belong to (train.fit checks their settings too).
+    work_dirs = {name: Path(cfg.work_dir) / "truncation" / name for name in todo}
 
     def save() -> None:
         record["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

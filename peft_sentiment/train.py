@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from peft_sentiment.features import FeatureHead, feature_dataset, length_order, 
 from peft_sentiment.hardware import resolve_precision
 from peft_sentiment.metrics import accuracy_interval, compute_metrics, positive_probabilities
 from peft_sentiment.models import check_trainable, count_parameters, nf4_kernel
-from peft_sentiment.recording import device_info, library_versions
+from peft_sentiment.recording import device_info, library_versions, read_json, write_json_atomic
 
 
 class TokenCounter:
@@ -264,12 +265,52 @@ def last_checkpoint(trainer: Trainer) -> str | None:
     return None
 
 
-def fit(trainer: Trainer, resume: bool = False) -> tuple:
-    """`trainer.train()` (from the last checkpoint when `resume`), its validation passes stamped by TrainClock.
+RUN_SETTINGS_FILE = "run_settings.json"  # beside a run's checkpoints: the settings they were trained with
+OUTPUT_FIELDS = ("adapter_dir_f32", "adapter_dir_nf4", "records_dir", "work_dir")  # where results go, not what they are
+
+
+def run_settings(cfg: Config) -> dict:
+    """What a run's checkpoints depend on: the config less its output folders, with the precision it resolved to here."""
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in OUTPUT_FIELDS}
+    return settings | {"precision": resolve_precision(cfg.precision)}
+
+
+def prepare_output_dir(trainer: Trainer, cfg: Config, resume: bool) -> str | None:
+    """The checkpoint to resume from (None: start afresh), after checking that it belongs to `cfg`.
+
+    Resuming another config's checkpoint would continue that run, its learning-rate schedule included, and
+    record it as this one, so it is refused. A fresh start removes checkpoints left by an earlier run: the
+    Trainer's rotation keeps the highest step number, so they would outlive this run's own.
+    """
+    folder = Path(trainer.args.output_dir)
+    stamp = folder / RUN_SETTINGS_FILE
+    settings = run_settings(cfg)
+    checkpoint = last_checkpoint(trainer) if resume else None
+    if checkpoint and stamp.is_file():  # checkpoints from before the stamp existed cannot be checked
+        stamped = read_json(stamp)
+        changed = sorted(k for k in settings.keys() | stamped.keys() if settings.get(k) != stamped.get(k))
+        if changed:
+            differences = ", ".join(f"{k}: {stamped.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
+            raise ValueError(
+                f"{folder} holds checkpoints of a run with other settings ({differences}). Resume with the settings it "
+                f"was started with, or run without resume to start over (its checkpoints are then removed)."
+            )
+    if not resume:
+        old = sorted(folder.glob("checkpoint-*"))
+        for path in old:
+            shutil.rmtree(path, ignore_errors=True)  # several processes (DDP) may clear it at once
+        if old:
+            print(f"fresh start: removed {len(old)} checkpoint(s) of an earlier run in {folder} (resume would continue it)")
+    write_json_atomic(settings, stamp)
+    return checkpoint
+
+
+def fit(trainer: Trainer, cfg: Config, resume: bool = False) -> tuple:
+    """`trainer.train()` (from the last checkpoint of this same config when `resume`), its validation passes stamped by TrainClock.
 
     Returns (train output, PeakMemory with the wall seconds, the checkpoint resumed from or None).
     """
-    checkpoint = last_checkpoint(trainer) if resume else None
+    checkpoint = prepare_output_dir(trainer, cfg, resume)
     with PeakMemory() as training:
         trainer.add_callback(TrainClock(training))
         output = trainer.train(resume_from_checkpoint=checkpoint)
@@ -277,10 +318,10 @@ def fit(trainer: Trainer, resume: bool = False) -> tuple:
     return output, training, checkpoint
 
 
-def train_and_evaluate(trainer: Trainer, test_ds, resume: bool = False) -> dict:
+def train_and_evaluate(trainer: Trainer, cfg: Config, test_ds, resume: bool = False) -> dict:
     """Train (from the last checkpoint when `resume`), then evaluate on `test_ds`; timings, tokens, memory."""
     counter = TokenCounter(trainer.model)
-    train_output, training, checkpoint = fit(trainer, resume)
+    train_output, training, checkpoint = fit(trainer, cfg, resume)
     # Validation passes inside train() cost time too; they are reported, and excluded from train tokens.
     train_tokens, val_tokens = counter.tokens["train"], counter.tokens["eval"]
     counter.reset()
@@ -368,7 +409,7 @@ def train_variant(cfg: Config, variant: str, model, tokenizer, splits, resume: b
         if trainer is None:
             trainer = make_trainer(model, tokenizer, make_training_args(cfg, variant), splits["train"], splits["validation"])
         check_trainable(trainer.model)
-        result = train_and_evaluate(trainer, splits["test"], resume=resume)
+        result = train_and_evaluate(trainer, cfg, splits["test"], resume=resume)
     record = {
         "variant": variant,
         "profile": cfg.profile,

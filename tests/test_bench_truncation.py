@@ -54,11 +54,11 @@ def test_lora_records_each_setting_as_it_finishes_and_resumes_after_a_crash(toy_
     argv = ["--profile", "smoke", "--variant", "lora", "--settings", "head", "head+tail", "--val-size", "24", "--set", *sets]
     real_fit, trained = bench.train.fit, []
 
-    def fit_then_crash_on_the_second(trainer, resume=False):
+    def fit_then_crash_on_the_second(trainer, cfg, resume=False):
         trained.append(trainer.args.output_dir)
         if len(trained) == 2:
             raise KeyboardInterrupt  # the run is stopped while training the second setting
-        return real_fit(trainer, resume)
+        return real_fit(trainer, cfg, resume)
 
     monkeypatch.setattr(bench.train, "fit", fit_then_crash_on_the_second)
     with pytest.raises(KeyboardInterrupt):
@@ -68,7 +68,9 @@ def test_lora_records_each_setting_as_it_finishes_and_resumes_after_a_crash(toy_
     assert list(partial["settings"]) == ["head"]  # the finished setting is on disk
 
     trained.clear()
-    monkeypatch.setattr(bench.train, "fit", lambda trainer, resume=False: trained.append(resume) or real_fit(trainer, resume))
+    monkeypatch.setattr(
+        bench.train, "fit", lambda trainer, cfg, resume=False: trained.append(resume) or real_fit(trainer, cfg, resume)
+    )
     assert bench.main([*argv, "--resume"]) == 0
     record = json.loads(path.read_text())
     assert list(record["settings"]) == ["head", "head+tail"]

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -139,6 +140,33 @@ def test_last_checkpoint_passes_over_one_cut_short_by_a_crash(tmp_path):
     trainer = types.SimpleNamespace(args=types.SimpleNamespace(output_dir=str(tmp_path)))
     assert train.last_checkpoint(trainer) == str(tmp_path / "checkpoint-6")
     assert train.last_checkpoint(types.SimpleNamespace(args=types.SimpleNamespace(output_dir=str(tmp_path / "none")))) is None
+
+
+def test_checkpoints_resume_only_the_settings_that_wrote_them(toy_cfg, tmp_path, capsys):
+    import types
+
+    trainer = types.SimpleNamespace(args=types.SimpleNamespace(output_dir=str(tmp_path)))
+
+    def a_checkpoint(step: int) -> None:
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for part in ("trainer_state.json", "optimizer.pt", "scheduler.pt", "adapter_model.safetensors"):
+            (folder / part).write_text("x")
+
+    assert train.prepare_output_dir(trainer, toy_cfg, resume=False) is None  # a fresh run stamps its settings
+    a_checkpoint(8)
+    assert train.prepare_output_dir(trainer, toy_cfg, resume=True) == str(tmp_path / "checkpoint-8")
+    # another learning rate (or precision) would continue the other run's schedule: refused, saying what differs
+    other = dataclasses.replace(toy_cfg, lr_lora=toy_cfg.lr_lora / 2, work_dir=str(tmp_path / "elsewhere"))
+    with pytest.raises(ValueError, match=r"other settings \(lr_lora: 0.002 there, 0.001 now\).*without resume"):
+        train.prepare_output_dir(trainer, other, resume=True)
+    # where outputs go is no setting: the same run may write its results elsewhere
+    assert train.prepare_output_dir(trainer, dataclasses.replace(toy_cfg, records_dir="x"), resume=True)
+    # a fresh start removes the earlier run's checkpoints, which the Trainer's rotation (by step) would keep over its own
+    a_checkpoint(125)
+    assert train.prepare_output_dir(trainer, other, resume=False) is None
+    assert not list(tmp_path.glob("checkpoint-*")) and "removed 2 checkpoint(s)" in capsys.readouterr().out
+    assert json.loads((tmp_path / train.RUN_SETTINGS_FILE).read_text())["lr_lora"] == other.lr_lora
 
 
 def test_peak_memory_samples_rss_or_what_it_is_given():
