@@ -231,7 +231,6 @@ def make_pipeline(model_dir: str):
     return classify, encode
 
 
-@torch.inference_mode()
 def encoding(meta: dict) -> dict:
     """How an adapter's reviews were encoded and computed, as `predict_reviews` takes it.
 
@@ -247,6 +246,7 @@ def encoding(meta: dict) -> dict:
     }
 
 
+@torch.inference_mode()  # no autograd graph: less memory, faster
 def predict_reviews(
     model,
     tokenizer,

@@ -112,7 +112,13 @@ def test_nf4_adapter_reloads_as_trained_unless_the_cpu_kernel_is_asked_for(saved
 def test_predict_reviews_keeps_order_and_gives_probabilities(saved, tokenizer):
     model, _ = saved["lora"]
     texts = ["good"] * 3 + ["awful dull"] * 3
-    out = inference.predict_reviews(model, tokenizer, texts, max_length=16, batch_size=4)
+    modes = []  # no autograd graph while predicting (the model's LoRA weights do require grad)
+    hook = model.register_forward_hook(lambda *_: modes.append(torch.is_inference_mode_enabled()))
+    try:
+        out = inference.predict_reviews(model, tokenizer, texts, max_length=16, batch_size=4)
+    finally:
+        hook.remove()
+    assert modes == [True, True]
     assert len(out) == 6 and all(o["label"] in ("neg", "pos") and 0.5 <= o["probability"] <= 1 for o in out)
     assert out[0] == out[1] == out[2]
 
