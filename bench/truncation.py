@@ -3,7 +3,7 @@
     python bench/truncation.py --variant head_only             # all settings; ~40 min on 2 CPU cores (cpu profile)
     python bench/truncation.py --variant lora --settings head head+tail    # ~30 min per setting
     python bench/truncation.py --variant lora --settings head head+tail --resume   # after a crash
-    python bench/truncation.py --report --readme docs/benchmarks.md   # the table from the records
+    python bench/truncation.py --report --readme docs/benchmarks.md --summary README.md   # the tables from the records
 
 At the profile's max length (the same cost), each setting trains the variant on the profile's own
 training subset and is scored on a larger validation set carved from the training reviews the profile
@@ -56,6 +56,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--report", action="store_true", help="print (and with --readme, write) the table from the records")
     parser.add_argument(
         "--readme", help="with --report: regenerate the truncation block of this Markdown file (docs/benchmarks.md)"
+    )
+    parser.add_argument(
+        "--summary",
+        help="with --report: regenerate the short truncation-summary block (the profile's setting vs head) of this file (README.md)",
     )
     return parser.parse_args(argv)
 
@@ -264,12 +268,53 @@ def truncated_reviews(record: dict, records: list[dict]) -> list[bool] | None:
     return None
 
 
-def paired_cell(record: dict, setting: str, keep: list[bool] | None = None) -> str:
-    """'only setting right / only head right (p)' on the reviews `keep` marks (all when None)."""
+def paired_with_head(record: dict, setting: str, keep: list[bool] | None = None) -> dict:
+    """`setting` against `head` on the reviews `keep` marks (all when None): metrics.paired_difference's counts and p."""
     keep = np.ones(len(record["validation_labels"]), bool) if keep is None else np.asarray(keep, bool)
     labels, predictions = np.asarray(record["validation_labels"])[keep], record["predictions"]
-    d = metrics.paired_difference(labels, np.asarray(predictions[setting])[keep], np.asarray(predictions["head"])[keep])
+    return metrics.paired_difference(labels, np.asarray(predictions[setting])[keep], np.asarray(predictions["head"])[keep])
+
+
+def paired_cell(record: dict, setting: str, keep: list[bool] | None = None) -> str:
+    """'only setting right / only head right (p)' on the reviews `keep` marks (all when None)."""
+    d = paired_with_head(record, setting, keep)
     return f"{d['only_a']} / {d['only_b']} (p = {d['p_value']:.2g})"
+
+
+def truncation_summary(records: list[dict], setting: str) -> str:
+    """Markdown for the README: per variant, `head` against `setting` on validation, overall and on the cut reviews."""
+    rows = [r for r in records if {"head", setting} <= set(r["settings"])]
+    if not rows:
+        return f"No record has both `head` and `{setting}` yet: `python bench/truncation.py --settings head {setting}`."
+    first = rows[0]
+    cut_n = first["settings"]["head"]["truncated"]["n"]
+    lines = [
+        f"| variant | `head`: all / cut reviews | `{setting}`: all / cut reviews | on the {cut_n} cut reviews, only `{setting}`"
+        " / only `head` right (exact McNemar p) |",
+        "|---|---|---|---|",
+    ]
+    ahead, resolved = [], []
+    for r in rows:
+        head, other = r["settings"]["head"], r["settings"][setting]
+        cut = truncated_reviews(r, records)
+        lines.append(
+            f"| {recording.VARIANT_LABELS[r['variant']]} | {head['all']['accuracy']:.1%} / {head['truncated']['accuracy']:.1%}"
+            f" | {other['all']['accuracy']:.1%} / {other['truncated']['accuracy']:.1%}"
+            f" | {'-' if cut is None else paired_cell(r, setting, cut)} |"
+        )
+        if cut is not None and (d := paired_with_head(r, setting, cut))["only_a"] > d["only_b"]:
+            ahead.append(recording.VARIANT_LABELS[r["variant"]])
+            resolved += [ahead[-1]] if d["p_value"] < 0.05 else []
+    lines += [
+        "",
+        f"On the cut reviews `{setting}` gets more right than `head` for: {', '.join(ahead) or 'none'}; "
+        f"resolved (p < 0.05) for: {', '.join(resolved) or 'none'}.",
+        "",
+        f"Validation only: {first['validation']['reviews']:,} {first['validation']['source']}, max length "
+        f"{first['config']['max_length']}; the test set is not read. The whole table, the other settings and how it was run: "
+        '[docs/benchmarks.md](docs/benchmarks.md) ("Long reviews").',
+    ]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -284,6 +329,9 @@ def main(argv=None) -> int:
     print(section)
     if args.readme:
         report.replace_block(args.readme, "truncation", section)
+    if args.summary:
+        cfg = make_config(args.profile, **parse_overrides(args.set))
+        report.replace_block(args.summary, "truncation-summary", truncation_summary(records, cfg.truncation))
     return 0
 
 

@@ -93,3 +93,28 @@ def test_lora_records_each_setting_as_it_finishes_and_resumes_after_a_crash(toy_
     other = legacy | {"config": legacy["config"] | {"max_length": 16}}
     assert bench.truncated_reviews(other, [record]) is None
     assert "| - |" in bench.truncation_section([other])
+    # the README's short table: the profile's setting against head, with the paired test on the cut reviews
+    summary = bench.truncation_summary([record], "head+tail")
+    assert summary.count("| LoRA | ") == 1 and "(p = " in summary and "the test set is not read" in summary
+    d = bench.paired_with_head(record, "head+tail", record["validation_truncated"])
+    verdict = "for: LoRA;" if d["only_a"] > d["only_b"] else "for: none;"
+    assert verdict in summary and f"{d['only_a']} / {d['only_b']} (p = " in summary
+    assert bench.truncation_summary([record], "tail").startswith("No record has both `head` and `tail`")
+
+
+def test_the_committed_tables_are_the_ones_the_committed_records_give(monkeypatch):
+    from peft_sentiment import recording, report
+    from peft_sentiment.config import make_config
+
+    bench = load_bench("truncation")
+    root = bench.Path(bench.__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # links in the blocks are resolved from the repository's root, as the report writes them
+    folder = root / "results" / "cpu" / "truncation"
+    records = [recording.read_json(folder / f"{variant}.json") for variant in ("head_only", "lora")]
+    expected = {
+        root / "docs" / "benchmarks.md": ("truncation", bench.truncation_section(records)),
+        root / "README.md": ("truncation-summary", bench.truncation_summary(records, make_config("cpu").truncation)),
+    }
+    for path, (name, body) in expected.items():
+        block = path.read_text().split(f"<!-- {name}:start -->\n")[1].split(f"\n<!-- {name}:end -->")[0]
+        assert block == report.relink(body, path.parent), f"{path}: regenerate with bench/truncation.py --report"
