@@ -151,7 +151,7 @@ def run(args, argv, path: Path) -> dict:
     cfg = make_config(args.profile, **parse_overrides(args.set))
     splits = carve_validation(cfg, args.val_size)
     labels = {split: splits[split]["label"] for split in ("train", "validation")}
-    # the groups are the reviews the profile's own setting cuts, the same reviews for every setting
+    # the truncated group: reviews longer than the max length, which every setting cuts (the same reviews for all)
     reference = prepare_data(cfg, splits)
     cut = np.asarray(reference.tokenized["validation"]["n_tokens"]) > cfg.max_length
     record = {
@@ -239,6 +239,9 @@ def truncation_section(records: list[dict]) -> str:
         for name in [n for n in r["settings"] if n != "head" and "head" in r["settings"]]:
             cells = [paired_cell(r, name), "-" if cut is None else paired_cell(r, name, cut)]
             lines.append(f"| {recording.VARIANT_LABELS[r['variant']]} | {name} | " + " | ".join(cells) + " |")
+    paired = variants_paired(records)
+    if paired:
+        lines += ["", "Variants against each other, at the same setting on the same reviews:", "", *paired]
     lines += ["", "Reproduce (machine, precision, wall time):"]
     lines += [f"- `{r['command']}` ({machine(r)}, {r['total_seconds'] / 60:.1f} min, {r['created'][:10]})" for r in records]
     return "\n".join(lines)
@@ -258,14 +261,36 @@ def machine(record: dict) -> str:
 SAME_REVIEWS = ("model_name", "data_dir", "train_size", "val_size", "seed", "max_length", "prompt_suffix")
 
 
+def same_reviews(a: dict, b: dict) -> bool:
+    """True when two records scored the very same validation reviews, cut the same way (carve, labels, tokenizer, length)."""
+    same_carve = a["validation"] == b["validation"] and a["validation_labels"] == b["validation_labels"]
+    return same_carve and all(a["config"][k] == b["config"][k] for k in SAME_REVIEWS)
+
+
 def truncated_reviews(record: dict, records: list[dict]) -> list[bool] | None:
     """Which validation reviews the record's max length cuts; for a record from before it named them, those of a
-    record on the very same reviews (same carve, labels, tokenizer and max length), else None."""
+    record on the very same reviews, else None."""
     for other in [record, *records]:
-        same = other["validation"] == record["validation"] and other["validation_labels"] == record["validation_labels"]
-        if "validation_truncated" in other and same and all(other["config"][k] == record["config"][k] for k in SAME_REVIEWS):
+        if "validation_truncated" in other and same_reviews(other, record):
             return other["validation_truncated"]
     return None
+
+
+def variants_paired(records: list[dict]) -> list[str]:
+    """Markdown lines: at each setting that several variants ran on the same reviews, each pair of them, paired."""
+    lines = []
+    for setting in dict.fromkeys(name for r in records for name in r["settings"]):
+        ran = [r for r in records if setting in r["settings"]]
+        for i, a in enumerate(ran):
+            for b in [b for b in ran[i + 1 :] if same_reviews(a, b)]:
+                d = metrics.paired_difference(a["validation_labels"], a["predictions"][setting], b["predictions"][setting])
+                label_a, label_b = recording.VARIANT_LABELS[a["variant"]], recording.VARIANT_LABELS[b["variant"]]
+                lines.append(
+                    f"- `{setting}`: {label_b} {b['settings'][setting]['all']['accuracy']:.1%} against {label_a} "
+                    f"{a['settings'][setting]['all']['accuracy']:.1%}; {d['only_b']} reviews only {label_b} gets right, "
+                    f"{d['only_a']} only {label_a} (exact McNemar p = {d['p_value']:.2g})"
+                )
+    return lines
 
 
 def paired_with_head(record: dict, setting: str, keep: list[bool] | None = None) -> dict:
@@ -317,6 +342,11 @@ def truncation_summary(records: list[dict], setting: str) -> str:
     return "\n".join(lines)
 
 
+def read_records(folder: Path) -> list[dict]:
+    """The truncation records in `folder`, in the variants' order."""
+    return [recording.read_json(p) for p in sorted(folder.glob("*.json"), key=lambda p: VARIANTS.index(p.stem))]
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -324,7 +354,7 @@ def main(argv=None) -> int:
     if not args.report:
         record = run(args, argv, folder / f"{args.variant}.json")
         print(f"{args.variant}: {record['total_seconds'] / 60:.1f} min")
-    records = [recording.read_json(p) for p in sorted(folder.glob("*.json"), key=lambda p: VARIANTS.index(p.stem))]
+    records = read_records(folder)
     section = truncation_section(records)
     print(section)
     if args.readme:

@@ -93,6 +93,11 @@ def test_lora_records_each_setting_as_it_finishes_and_resumes_after_a_crash(toy_
     other = legacy | {"config": legacy["config"] | {"max_length": 16}}
     assert bench.truncated_reviews(other, [record]) is None
     assert "| - |" in bench.truncation_section([other])
+    # variants at the same setting on the same reviews are paired with each other
+    nf4 = record | {"variant": "nf4_lora", "predictions": {k: [1 - p for p in v] for k, v in record["predictions"].items()}}
+    lines = bench.variants_paired([record, nf4])
+    assert len(lines) == 2 and lines[0].startswith("- `head`: NF4 LoRA ") and "only LoRA (exact McNemar p = " in lines[0]
+    assert not bench.variants_paired([record, nf4 | {"config": nf4["config"] | {"max_length": 16}}])  # other reviews
     # the README's short table: the profile's setting against head, with the paired test on the cut reviews
     summary = bench.truncation_summary([record], "head+tail")
     assert summary.count("| LoRA | ") == 1 and "(p = " in summary and "the test set is not read" in summary
@@ -103,14 +108,13 @@ def test_lora_records_each_setting_as_it_finishes_and_resumes_after_a_crash(toy_
 
 
 def test_the_committed_tables_are_the_ones_the_committed_records_give(monkeypatch):
-    from peft_sentiment import recording, report
+    from peft_sentiment import report
     from peft_sentiment.config import make_config
 
     bench = load_bench("truncation")
     root = bench.Path(bench.__file__).resolve().parents[1]
     monkeypatch.chdir(root)  # links in the blocks are resolved from the repository's root, as the report writes them
-    folder = root / "results" / "cpu" / "truncation"
-    records = [recording.read_json(folder / f"{variant}.json") for variant in ("head_only", "lora")]
+    records = bench.read_records(root / "results" / "cpu" / "truncation")
     expected = {
         root / "docs" / "benchmarks.md": ("truncation", bench.truncation_section(records)),
         root / "README.md": ("truncation-summary", bench.truncation_summary(records, make_config("cpu").truncation)),
