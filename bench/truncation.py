@@ -249,12 +249,12 @@ def truncation_section(records: list[dict]) -> str:
 
 def machine(record: dict) -> str:
     """The record's machine and precision (records from before the precision field name the CPU's bf16 features instead)."""
-    device = record["device"]
+    device, precision = record["device"], record.get("precision", "precision " + record["config"]["precision"])
     if device["type"] != "cpu":
-        return f"{device['name']} x{device['count']}, {record.get('precision', 'precision ' + record['config']['precision'])}"
+        return f"{device['name']} x{device['count']}, {precision}"
     bf16 = [flag for flag, present in device["features"].items() if present and "bf16" in flag]
     flags = f"with {', '.join(bf16)}" if bf16 else "without native bf16"
-    return f"{device['name']}, {device['cores']} cores {flags}, {record.get('precision', 'precision ' + record['config']['precision'])}"
+    return f"{device['name']}, {device['cores']} cores {flags}, {precision}"
 
 
 # what decides which training reviews are carved out for validation and which of them are cut
