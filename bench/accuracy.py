@@ -1,10 +1,12 @@
-"""Accuracy benchmark: head-only, LoRA and NF4 LoRA through the package's own code, plus a TF-IDF baseline.
+"""Accuracy benchmark: every declared variant through the package's own code, plus a TF-IDF baseline.
 
-    python bench/accuracy.py --profile cpu            # ~90 min on 2 CPU cores; writes results/cpu/
+    python bench/accuracy.py --profile cpu            # ~90 min on 2 CPU cores for head-only, LoRA and NF4 LoRA
+    python bench/accuracy.py --profile cpu --variants full_finetune   # one variant (full fine-tuning: not yet timed here)
     python bench/accuracy.py --profile cpu --resume   # after a crash: keeps the variants already recorded
 
-Writes one JSON record per variant (and results/<profile>/baselines/tfidf_logreg.json), the trained
-adapters (saved_f32_lora/, saved_nf4_lora/ on non-smoke profiles) and accuracy_vs_cost.png.
+Writes one JSON record per variant (and results/<profile>/baselines/tfidf_logreg.json), each variant's
+trained adapter or model where its declaration saves one (under the profile's save_dir: saved_f32_lora/,
+saved_nf4_lora/, saved_full_finetune/) and accuracy_vs_cost.png.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ import sys
 import time
 from pathlib import Path
 
-from peft_sentiment import VARIANTS, data, plots, recording, report
+from peft_sentiment import data, plots, recording, report
 from peft_sentiment.baseline import train_tfidf_baseline
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides
 from peft_sentiment.pipeline import run_training
+from peft_sentiment.variants import VARIANTS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu", help="config profile (default: cpu)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--baseline-only", action="store_true", help="only the TF-IDF baseline (seconds)")
     parser.add_argument(
         "--resume", action="store_true", help="skip variants recorded with this exact config; resume the rest from checkpoints"
@@ -45,7 +48,7 @@ def main(argv=None) -> int:
     command = "python " + shlex.join(["bench/accuracy.py", *(argv if argv is not None else sys.argv[1:])])
     cfg = make_config(args.profile, **parse_overrides(args.set))
     started = time.perf_counter()
-    splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
+    splits = data.prepare_splits(cfg, data.load_splits(cfg))
     print(f"profile {cfg.profile}: {len(splits['train'])} train / {len(splits['validation'])} val / {len(splits['test'])} test")
 
     baseline = train_tfidf_baseline(splits, cfg.seed)
@@ -59,7 +62,7 @@ def main(argv=None) -> int:
     print(f"variants to run: {todo} (recorded already: {sorted(set(args.variants) - set(todo))})")
     run_training(cfg, todo, resume=args.resume, command=command, splits=splits)
 
-    records = recording.read_records(cfg.records_dir)
+    records = recording.read_records(cfg.records_dir, VARIANTS)
     fig = plots.plot_accuracy_vs_cost(records, [baseline])
     fig.savefig(Path(cfg.records_dir) / "accuracy_vs_cost.png", dpi=120)
     print(report.markdown_table(records))

@@ -26,7 +26,7 @@ def matmul_params(model) -> dict[str, int]:
     """Weights of the linear layers, split into frozen and trained (4-bit weights count as what they stand for).
 
     `below_head` counts trained weights other than the classification head: when there are none,
-    the backward pass stops at the head (head-only), otherwise it runs through every layer (LoRA).
+    the backward pass stops at the head (head-only), otherwise it runs through every layer (LoRA, full fine-tuning).
     """
     counts = {"frozen": 0, "trained": 0, "below_head": 0}
     for name, module in model.named_modules():
@@ -104,7 +104,7 @@ NF4_BYTES_PER_WEIGHT = 0.5 + (1 + 4 / 256) / 64  # two codes per byte; an 8-bit 
 
 def estimate_training_memory(
     config,
-    variant: str,
+    variant,
     batch: int,
     seq_len: int,
     lora_r: int = 8,
@@ -114,13 +114,15 @@ def estimate_training_memory(
 ) -> dict[str, float]:
     """Bytes a training step needs, by part: weights, trainable parameters, gradients, AdamW state, activations.
 
-    `config` is the model's `AutoConfig`: the model is built on the meta device (no memory) to count
-    its parameters. Activations follow Korthikanti et al. (2022), "Reducing Activation Recomputation
+    `variant` is a `variants.Variant`: what it trains (the head, adapters, every weight), whether its base
+    is quantized (NF4) and checkpointed. Adapters are counted as LoRA's with `lora_r`, `lora_targets`
+    and `lora_dropout`. `config` is the model's `AutoConfig`: the model is built on the meta device (no
+    memory) to count its parameters. Activations follow Korthikanti et al. (2022), "Reducing Activation Recomputation
     in Large Transformer Models": per layer 34*s*b*h + 5*a*s^2*b bytes with 16-bit activations and
     1-byte dropout masks, i.e. 66*s*b*h + 9*a*s^2*b in fp32 (masks stay 1 byte). Gradient
     checkpointing keeps each layer's input (4*s*b*h) and one layer's activations at a time.
     Head-only keeps none: nothing below the head needs a gradient. `checkpointing` None = the
-    variant's default (NF4 LoRA on, the others off). With `lora_dropout` > 0 every LoRA layer also
+    variant's declaration (NF4 LoRA on, the others off). With `lora_dropout` > 0 every LoRA layer also
     keeps a dropped copy of its input (fp32) and the mask (1 byte): 5*s*b bytes per input feature.
     """
     from peft import get_peft_model
@@ -139,8 +141,10 @@ def estimate_training_memory(
     head = model.score.weight.numel()
     total = sum(p.numel() for p in model.parameters())
     other = total - embeddings - linear  # norms and biases
-    if variant == "head_only":
+    if variant.trains == "head":
         trainable = head
+    elif variant.trains == "all":
+        trainable = total
     else:
         # alpha does not change a count; the dropout's memory is added below
         peft_model = get_peft_model(model, lora_config(lora_r, 16, lora_dropout, lora_targets, config.model_type))
@@ -148,17 +152,18 @@ def estimate_training_memory(
         lora_inputs = sum(m.in_features for m in peft_model.modules() if isinstance(m, LoraLayer))
     # NF4: 4-bit linear layers, bf16 embeddings (store_embeddings_16bit), fp32 norms, biases and head
     nf4 = NF4_BYTES_PER_WEIGHT * (linear - head) + 2 * embeddings + 4 * (other + head)
-    weights = nf4 if variant == "nf4_lora" else 4 * total
-    weights += 4 * (trainable - head)  # the LoRA matrices, in fp32
+    weights = nf4 if variant.quantization else 4 * total
+    if variant.trains == "adapter":
+        weights += 4 * (trainable - head)  # the LoRA matrices, in fp32
     layers, hidden = config.num_hidden_layers, config.hidden_size
     heads = config.num_attention_heads
     s, b = seq_len, batch
     per_layer = 66 * s * b * hidden + 9 * heads * s * s * b
-    if variant != "head_only" and lora_dropout > 0:
+    if variant.trains == "adapter" and lora_dropout > 0:
         per_layer += 5 * s * b * lora_inputs / layers
     if checkpointing is None:
-        checkpointing = variant == "nf4_lora"
-    if variant == "head_only":
+        checkpointing = variant.gradient_checkpointing
+    if variant.trains == "head":
         activations = 4 * (2 * s * b * hidden + heads * s * s * b)  # one layer's transient tensors, nothing kept
     elif checkpointing:
         activations = layers * 4 * s * b * hidden + per_layer

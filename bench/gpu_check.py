@@ -1,6 +1,6 @@
-"""GPU check: the `full` profile's pipeline on GPT-2 124M's architecture and real IMDB reviews, all three variants.
+"""GPU check: the `full` profile's pipeline on GPT-2 124M's architecture and real IMDB reviews, every declared variant.
 
-    python bench/gpu_check.py             # on a CUDA GPU; ~6 min on an H200: writes results/gpu_check/cuda.json
+    python bench/gpu_check.py             # on a CUDA GPU; ~8 min on an H200 (estimated): writes results/gpu_check/cuda.json
     python bench/gpu_check.py --dry-run   # the same code, tiny model, a few reviews: ~1 min on 2 CPU cores
 
 The package's pipeline (`run_training`) runs once per variant on `gpt2-random` (random weights: speed
@@ -10,8 +10,8 @@ the attention transformers picks by default (SDPA for GPT-2; the pipeline record
 variant, the pipeline's real-token train/eval tokens/s, peak memory (CUDA allocator), and MFU: model
 FLOPs on real tokens (bench/cost.py, as in bench/throughput.py) of everything inside the timed
 phases (training or head-only's frozen pass, the validation passes inside it; the test pass) / seconds
-/ the matmul peak measured in this run. NF4's recomputed forward (gradient checkpointing) is left out
-of MFU and counted in `train_utilisation_with_recompute`.
+/ the matmul peak measured in this run. The recomputed forward of a variant with gradient checkpointing
+(NF4 LoRA) is left out of MFU and counted in `train_utilisation_with_recompute`.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ from pathlib import Path
 import cost
 import torch
 
-from peft_sentiment import VARIANTS, data, hardware, models, recording
+from peft_sentiment import data, hardware, models, recording
 from peft_sentiment.config import config_to_dict, make_config
 from peft_sentiment.pipeline import prepare_data, run_training  # the one pipeline
+from peft_sentiment.variants import VARIANTS, get_variant, label_of
 
-# Settings. GPU: bf16 (NF4 computes in bfloat16) and ~6 min of training and evaluation at the rates below,
-# so a 1.5x slower GPU still ends within 10. Dry run: the tiny model (256 positions, hence max_length 128) on a
-# few reviews, every code path the same; precision "auto" (bf16 on a GPU or a CPU with native bf16, else fp32),
+# Settings. GPU: bf16 (NF4 computes in bfloat16) and ~6.5 min of training and evaluation at the rates below
+# (4.6 of them for head-only, LoRA and NF4 LoRA, the rest full fine-tuning), so a 1.5x slower GPU still ends
+# within 10. Dry run: the tiny model (256 positions, hence max_length 128) on a few reviews, every code path the same; precision "auto" (bf16 on a GPU or a CPU with native bf16, else fp32),
 # because on a CPU that emulates bf16 the measured bf16 matmul "peak" is slower than NF4's fp32 kernels (MFU > 1).
 SETTINGS = {
     "gpu": {"model_name": "gpt2-random", "precision": "bf16", "nf4_compute_dtype": "bfloat16", "max_length": 512,
@@ -43,9 +44,12 @@ SETTINGS = {
 }  # fmt: skip
 SIZE_OPTIONS = ("train_size", "val_size", "test_size", "matmul_n")
 # Guessed H200 rates (real tokens/s, bf16) for the printed estimate only; the record has the measured ones.
-# LoRA: "50-100k" for GPT-2 124M, low end; NF4 dequantizes every weight and recomputes the forward pass;
-# forward-only passes (head-only's frozen pass, validation, test) run at batch 64 with no backward.
-ASSUMED_TOKENS_PER_S = {"head_only": 200e3, "lora": 60e3, "nf4_lora": 25e3, "forward": 200e3}
+# By what a variant trains: the head alone is one frozen forward pass; LoRA: "50-100k" for GPT-2 124M, low end;
+# every weight: each weight's gradient too, ~3 forward passes' work per step against LoRA's ~2. Forward-only
+# passes (validation, test) run at batch 64 with no backward. Quantized (NF4) dequantizes every weight and
+# recomputes the forward pass: 60k -> 25k for LoRA.
+ASSUMED_TOKENS_PER_S = {"head": 200e3, "adapter": 60e3, "all": 40e3, "forward": 200e3}
+QUANTIZED_SLOWDOWN = 60 / 25
 # What the check keeps of each variant's pipeline record (the whole record is saved beside it, in records_dir).
 COPIED_KEYS = ("train_tokens_per_s", "eval_tokens_per_s", "train_tokens", "validation_tokens", "eval_tokens", "train_seconds",
                "eval_seconds", "peak_memory_bytes", "params", "model_bytes", "precision")  # fmt: skip
@@ -59,7 +63,7 @@ def parse_args(argv) -> argparse.Namespace:
     for name in SIZE_OPTIONS:
         gpu, dry = SETTINGS["gpu"][name], SETTINGS["dry_run"][name]
         parser.add_argument("--" + name.replace("_", "-"), type=int, help=f"default {gpu:,} ({dry:,} with --dry-run)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="default: all three")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="default: all")
     parser.add_argument("--out", help="record path (default: results/gpu_check/<cuda|cpu>[-dry-run].json)")
     parser.add_argument("--work-dir", default="runs/gpu_check", help="Trainer checkpoints, features and adapters (git-ignored)")
     return parser.parse_args(argv)
@@ -73,16 +77,15 @@ def make_check_config(args, settings: dict, records_dir: Path):
         **{k: v for k, v in settings.items() if k != "matmul_n"},
         data_dir=args.data_dir,
         records_dir=str(records_dir),
-        adapter_dir_f32=str(work / "saved_f32_lora"),  # never the committed saved_*_lora
-        adapter_dir_nf4=str(work / "saved_nf4_lora"),
+        save_dir=str(work),  # each variant saves to <work>/<its folder>: never the committed saved_*_lora
         work_dir=str(work / "work"),
     )
 
 
-def tokenize_like_pipeline(cfg, splits) -> tuple[str, object, dict]:
-    """Model path, tokenizer and each split's real token lengths, made as run_training makes them (it then hits the cache)."""
-    _, model_path, tokenizer, tokenized = prepare_data(cfg, splits)
-    return model_path, tokenizer, {name: list(tokenized[name]["length"]) for name in tokenized}
+def tokenize_like_pipeline(cfg, splits) -> tuple:
+    """The prepared data and each split's real token lengths, made as run_training makes them (it then hits the cache)."""
+    prepared = prepare_data(cfg, splits)
+    return prepared, {name: list(prepared.tokenized[name]["length"]) for name in prepared.tokenized}
 
 
 def estimate_seconds(cfg, variants, lengths: dict) -> float:
@@ -90,15 +93,16 @@ def estimate_seconds(cfg, variants, lengths: dict) -> float:
     train_tokens, val_tokens, test_tokens = (sum(lengths[s]) for s in ("train", "validation", "test"))
     seconds = 0.0
     for variant in variants:
-        val_passes = 1 if variant == "head_only" else cfg.evals_per_run + 1  # EvaluateAtEnd may add one
-        seconds += train_tokens / ASSUMED_TOKENS_PER_S[variant]
+        val_passes = 1 if variant.trains == "head" else cfg.evals_per_run + 1  # EvaluateAtEnd may add one
+        rate = ASSUMED_TOKENS_PER_S[variant.trains] / (QUANTIZED_SLOWDOWN if variant.quantization else 1)
+        seconds += train_tokens / rate
         seconds += (val_passes * val_tokens + test_tokens) / ASSUMED_TOKENS_PER_S["forward"]
     return seconds
 
 
-def count_model(cfg, variant: str, model_path: str, tokenizer) -> tuple[dict, tuple]:
+def count_model(cfg, variant, prepared) -> tuple[dict, tuple]:
     """Matmul weights and (layers, hidden) of `variant`, built as run_training builds it."""
-    model = models.build_configured_variant(cfg, variant, model_path, tokenizer)
+    model = models.build_model(cfg, variant, prepared.model_path, prepared.tokenizer, prepared.labels)
     counts = cost.matmul_params(model), cost.attention_shape(model)
     del model
     gc.collect()  # the next variant's peak memory must not include this model, nor the last pipeline run's
@@ -112,11 +116,12 @@ def summarize_variant(record: dict, lengths: dict, params: dict, shape: tuple, p
     train_passes = record["train_tokens"]["real"] / sum(lengths["train"])  # epochs (1 in `full`)
     val_passes = record["validation_tokens"]["real"] / sum(lengths["validation"])  # run inside training's time
     val_flops = val_passes * cost.forward_flops(params, *shape, lengths["validation"])
-    if record["variant"] == "head_only":  # the frozen forward pass; the head's epochs on cached features cost ~nothing
+    variant = get_variant(record["variant"])
+    if variant.trains == "head":  # the frozen forward pass; the head's epochs on cached features cost ~nothing
         train_flops = recompute_flops = train_passes * cost.forward_flops(params, *shape, lengths["train"]) + val_flops
     else:
         train_flops = train_passes * cost.training_flops(params, *shape, lengths["train"]) + val_flops
-        recompute = record["variant"] == "nf4_lora"  # gradient checkpointing: hardware work, not model work
+        recompute = variant.gradient_checkpointing  # hardware work, not model work
         recompute_flops = train_passes * cost.training_flops(params, *shape, lengths["train"], recompute=recompute) + val_flops
     eval_flops = cost.forward_flops(params, *shape, lengths["test"])
     return {key: record[key] for key in COPIED_KEYS} | {
@@ -133,10 +138,10 @@ def summarize_variant(record: dict, lengths: dict, params: dict, shape: tuple, p
 
 def format_table(variants: dict) -> str:
     """A plain-text table of the record's per-variant figures."""
-    head = f"{'variant':<10} {'train tok/s':>12} {'eval tok/s':>12} {'train MFU':>10} {'eval MFU':>9}"
+    head = f"{'variant':<16} {'train tok/s':>12} {'eval tok/s':>12} {'train MFU':>10} {'eval MFU':>9}"
     head += f" {'train peak MB':>14} {'train s':>8}"
     rows = [
-        f"{recording.VARIANT_LABELS[v]:<10} {r['train_tokens_per_s']:>12,.0f} {r['eval_tokens_per_s']:>12,.0f}"
+        f"{label_of(v):<16} {r['train_tokens_per_s']:>12,.0f} {r['eval_tokens_per_s']:>12,.0f}"
         f" {r['train_mfu']:>10.2%} {r['eval_mfu']:>9.2%}"
         f" {r['peak_memory_bytes']['train'] / 1e6:>14,.0f} {r['train_seconds']:>8.1f}"
         for v, r in variants.items()
@@ -146,7 +151,7 @@ def format_table(variants: dict) -> str:
 
 def make_record(cfg, args, command: str, matmul_peak: dict, results: dict, estimate: float, seconds: float) -> dict:
     """The check's one record: what ran where, the per-variant figures, and the attention the model really used."""
-    device = recording.device_info()
+    device = hardware.device_info()
     implementations = sorted({r["attn_implementation"] for r in results.values()})
     nominal = next((flops for name, flops in NOMINAL_PEAKS.items() if name in device["name"]), None)
     return {
@@ -181,11 +186,12 @@ def main(argv=None) -> int:
     settings = SETTINGS["dry_run" if args.dry_run else "gpu"] | {
         k: v for k, v in vars(args).items() if k in SIZE_OPTIONS and v is not None
     }
-    out = Path(args.out or f"results/gpu_check/{recording.device_info()['type']}{'-dry-run' if args.dry_run else ''}.json")
+    out = Path(args.out or f"results/gpu_check/{hardware.device_info()['type']}{'-dry-run' if args.dry_run else ''}.json")
     cfg = make_check_config(args, settings, records_dir=out.with_name(out.stem + "-records"))
-    splits = data.prepare_splits(cfg, data.load_imdb(cfg.data_dir))
-    model_path, tokenizer, lengths = tokenize_like_pipeline(cfg, splits)
-    estimate = estimate_seconds(cfg, args.variants, lengths)
+    variants = [get_variant(name) for name in args.variants]
+    splits = data.prepare_splits(cfg, data.load_splits(cfg))
+    prepared, lengths = tokenize_like_pipeline(cfg, splits)
+    estimate = estimate_seconds(cfg, variants, lengths)
     counts = ", ".join(f"{name} {len(v):,} reviews ({sum(v) / len(v):.0f} tokens on average)" for name, v in lengths.items())
     print(f"{counts}; estimated {estimate / 60:.1f} min of training and evaluation on an H200 (guessed rates)", flush=True)
     n, dtype_name = settings["matmul_n"], "bfloat16" if hardware.resolve_precision(cfg.precision) == "bf16" else "float32"
@@ -193,11 +199,11 @@ def main(argv=None) -> int:
     print(f"{dtype_name} matmul peak ({n} x {n}), measured: {peak / 1e12:.3f} TFLOP/s", flush=True)
     command = "python " + shlex.join(["bench/gpu_check.py", *argv])
     results = {}
-    for i, variant in enumerate(args.variants, 1):
-        (record,) = run_training(cfg, [variant], command=command, splits=splits)
-        results[variant] = summarize_variant(record, lengths, *count_model(cfg, variant, model_path, tokenizer), peak=peak)
+    for i, variant in enumerate(variants, 1):
+        (record,) = run_training(cfg, [variant.name], command=command, splits=splits)
+        results[variant.name] = summarize_variant(record, lengths, *count_model(cfg, variant, prepared), peak=peak)
         minutes = (time.perf_counter() - started) / 60
-        print(f"[{i}/{len(args.variants)}] {variant} done: {minutes:.1f} min elapsed (estimate {estimate / 60:.1f})", flush=True)
+        print(f"[{i}/{len(variants)}] {variant.name} done: {minutes:.1f} min elapsed (estimate {estimate / 60:.1f})", flush=True)
     matmul_peak = {"flops": peak, "n": n, "dtype": dtype_name, "measured": "this run, best of 10"}
     summary = make_record(cfg, args, command, matmul_peak, results, estimate, time.perf_counter() - started)
     recording.write_json_atomic(summary, out)

@@ -1,9 +1,9 @@
 """Will it fit? `cost.estimate_training_memory` against the measured peak, for every GPT-2 size that runs here.
 
-    python bench/memory.py     # gpt2 to gpt2-xl (random weights) x 3 variants, batch 4 x 256; ~15 min here
+    python bench/memory.py     # gpt2 to gpt2-xl (random weights) x every variant, batch 4 x 256; ~15 min here (3 variants)
 
 A (model, variant) that its own estimate says will not fit in the memory available (RSS_OVER_ESTIMATE)
-is skipped and recorded as such: on this 24 GB machine, gpt2-xl's fp32 LoRA step.
+is skipped and recorded as such: on this 24 GB machine, gpt2-xl's fp32 LoRA step (and its full fine-tuning).
 
 Each (model, variant) runs in its own process, so each peak is its own: the package's builder makes
 the variant, the process's memory is read, then one full training step (forward, backward, AdamW
@@ -37,16 +37,18 @@ import torch
 from harness import page_in_weights, run_in_worker
 from transformers import AutoConfig
 
-from peft_sentiment import VARIANTS, catalog, models, recording, report, train
+from peft_sentiment import catalog, hardware, models, recording, report, train
 from peft_sentiment.config import make_config
+from peft_sentiment.variants import VARIANTS, get_variant, label_of
 
 DEFAULT_MODELS = ("gpt2-random", "gpt2-medium-random", "gpt2-large-random", "gpt2-xl-random")
+LABELS = ("neg", "pos")  # random tokens, random labels: two classes, as IMDB's
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="short names or model folders")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--out", default=None, help="record path (default: results/memory/<cpu|cuda>.json)")
@@ -102,8 +104,8 @@ def saved_activation_bytes(model, batch: dict) -> tuple[int, torch.Tensor]:
     return sum(kept.values()), loss
 
 
-def run_worker(args, model_name: str, variant: str, out: str) -> None:
-    """One training step of `variant` on `model_name`, its peak memory and the estimate, as JSON in `out`."""
+def run_worker(args, model_name: str, name: str, out: str) -> None:
+    """One training step of variant `name` on `model_name`, its peak memory and the estimate, as JSON in `out`."""
     import transformers
 
     transformers.logging.set_verbosity_error()
@@ -114,12 +116,13 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     model_path = catalog.resolve_model(model_name)
     tokenizer = catalog.load_tokenizer(model_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = models.build_configured_variant(cfg, variant, model_path, tokenizer)
-    if variant != "nf4_lora":  # NF4 is placed on its device when it loads
+    variant = get_variant(name)
+    model = models.build_model(cfg, variant, model_path, tokenizer, LABELS)
+    if variant.quantization is None:  # a quantized model is placed on its device when it loads
         model.to(device)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.seq_len), generator=generator).to(device)
-    labels = torch.randint(0, 2, (args.batch,), generator=generator).to(device)
+    labels = torch.randint(0, len(LABELS), (args.batch,), generator=generator).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     page_in_weights(model)  # or the step's first touch of file-mapped weights counts as training memory
     before = current_bytes()
@@ -134,7 +137,7 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
     estimate = estimate_step(model_name, variant, args)
     result = {
         "model": model_name,
-        "variant": variant,
+        "variant": name,
         "params": estimate["params"],
         "model_bytes": int(model.get_memory_footprint()),
         "memory_before_bytes": before,
@@ -158,7 +161,7 @@ def run_worker(args, model_name: str, variant: str, out: str) -> None:
 RSS_OVER_ESTIMATE = 1.8
 
 
-def estimate_step(model_name: str, variant: str, args) -> dict:
+def estimate_step(model_name: str, variant, args) -> dict:
     """`cost.estimate_training_memory` for one step of `variant` on `model_name` with the full profile's LoRA settings."""
     cfg = make_config("full", model_name=model_name)
     config = AutoConfig.from_pretrained(catalog.resolve_model(model_name))
@@ -167,7 +170,7 @@ def estimate_step(model_name: str, variant: str, args) -> dict:
     )
 
 
-def predicted_rss_bytes(model_name: str, variant: str, args) -> float:
+def predicted_rss_bytes(model_name: str, variant, args) -> float:
     """What a step of `variant` on `model_name` should take in RSS: weights + the estimate's added bytes, scaled."""
     estimate = estimate_step(model_name, variant, args)
     return estimate["weights"] + RSS_OVER_ESTIMATE * (estimate["total"] - estimate["weights"])
@@ -202,9 +205,7 @@ def memory_section(record: dict) -> str:
     ]
     for run in record["runs"]:
         if "skipped" in run:
-            lines.append(
-                f"| {run['model'].removesuffix('-random')} | | {recording.VARIANT_LABELS[run['variant']]} | skipped: {run['skipped']} |"
-            )
+            lines.append(f"| {run['model'].removesuffix('-random')} | | {label_of(run['variant'])} | skipped: {run['skipped']} |")
             continue
         e = summarize(run)
         heap_cell = ""
@@ -212,7 +213,7 @@ def memory_section(record: dict) -> str:
             measured = run.get("measured_added_heap_bytes")
             heap_cell = "| - " if not measured else f"| {measured / 1e6:,.0f} ({e['added_heap_error']:+.0%}) "
         lines.append(
-            f"| {run['model'].removesuffix('-random')} | {run['params'] / 1e6:,.0f}M | {recording.VARIANT_LABELS[run['variant']]} "
+            f"| {run['model'].removesuffix('-random')} | {run['params'] / 1e6:,.0f}M | {label_of(run['variant'])} "
             f"| {run['estimate']['weights'] / 1e6:,.0f} / {run['model_bytes'] / 1e6:,.0f} "
             f"| {run['estimated_added_bytes'] / 1e6:,.0f} / {run['measured_added_bytes'] / 1e6:,.0f} ({e['added_error']:+.0%}) "
             + heap_cell
@@ -232,7 +233,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     record = {
         "command": "python " + shlex.join(["bench/memory.py", *argv]),
-        "device": recording.device_info(),
+        "device": hardware.device_info(),
         "versions": recording.library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {"batch": args.batch, "seq_len": args.seq_len},
@@ -240,16 +241,16 @@ def main(argv=None) -> int:
     }
     for model_name in args.models:
         catalog.resolve_model(model_name)  # build a random-weight model once, outside the measured processes
-        for variant in args.variants:
-            need, available = predicted_rss_bytes(model_name, variant, args), psutil.virtual_memory().available
+        for name in args.variants:
+            need, available = predicted_rss_bytes(model_name, get_variant(name), args), psutil.virtual_memory().available
             if need > available:
                 why = f"needs ~{need / 1e9:.1f} GB by the estimate (x{RSS_OVER_ESTIMATE} for RSS), {available / 1e9:.1f} GB available"
-                record["runs"].append({"model": model_name, "variant": variant, "skipped": why})
-                print(f"{model_name} {variant}: skipped, {why}", flush=True)
+                record["runs"].append({"model": model_name, "variant": name, "skipped": why})
+                print(f"{model_name} {name}: skipped, {why}", flush=True)
                 continue
-            run = run_in_worker(__file__, argv, [model_name, variant])
+            run = run_in_worker(__file__, argv, [model_name, name])
             record["runs"].append(run)
-            print(f"{model_name} {variant}: added {run['measured_added_bytes'] / 1e6:,.0f} MB measured, "
+            print(f"{model_name} {name}: added {run['measured_added_bytes'] / 1e6:,.0f} MB measured, "
                   f"{run['estimated_added_bytes'] / 1e6:,.0f} MB estimated ({summarize(run)['added_error']:+.0%})", flush=True)  # fmt: skip
     record["total_seconds"] = time.perf_counter() - started
     out = Path(args.out or f"results/memory/{record['device']['type']}.json")

@@ -20,7 +20,7 @@ import nbformat
 import psutil
 from nbclient import NotebookClient
 
-from peft_sentiment import recording
+from peft_sentiment import hardware, recording
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "project_peft.ipynb"
@@ -36,7 +36,7 @@ def git_commit() -> str:
 
 def stamp_cell(profile: str, started: float, seconds: float, command: str, commit: str) -> nbformat.NotebookNode:
     """A markdown cell saying how the outputs below were produced."""
-    device = recording.device_info()
+    device = hardware.device_info()
     machine = device["name"] + (
         f", {device['cores']} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB" if device["type"] == "cpu" else ""
     )

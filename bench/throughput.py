@@ -1,6 +1,7 @@
 """Throughput benchmark: what each variant costs on GPT-2 124M's architecture, the project's pipeline vs the common one.
 
-    python bench/throughput.py        # ~20 min on 2 CPU cores; writes results/throughput/<device>.json and .png
+    python bench/throughput.py        # ~20 min on 2 CPU cores (head-only, LoRA, NF4 LoRA; full fine-tuning adds
+                                      # its own); writes results/throughput/<device>.json and .png
 
 Speed and memory do not depend on the weights' values, so `gpt2-random` (GPT2Config(): 124M, random
 weights; SmolLM2's tokenizer stands in for GPT-2's) has gpt2's compute profile. Reviews are real
@@ -57,12 +58,14 @@ from harness import page_in_weights, run_in_worker
 from transformers import AutoConfig, TrainerCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from peft_sentiment import VARIANTS, catalog, data, features, models, recording, report, train
+from peft_sentiment import catalog, data, features, hardware, models, recording, report, train
 from peft_sentiment.config import make_config
 from peft_sentiment.pipeline import prepare_data
+from peft_sentiment.variants import VARIANTS, get_variant, label_of
 
 PIPELINES = ("baseline", "project")
 PLOT_LABELS = {"baseline": "pad to 512, random order", "project": "project: dynamic padding, length-grouped"}
+ABLATED = "lora"  # the ablations are about LoRA's recipe on a frozen GPT-2: its activation and its dropout
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -78,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-pool", type=int, default=2000, help="training reviews the steps' batches are drawn from")
     parser.add_argument("--eval-pool", type=int, default=1000, help="test reviews the evaluation batches are drawn from")
     parser.add_argument("--head-epochs", type=int, default=10, help="head-only epochs the effective throughput is for")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", default=None, help="record path (default: results/throughput/<cpu|cuda>.json)")
     parser.add_argument("--readme", help="also regenerate the throughput block of this Markdown file (docs/benchmarks.md)")
     parser.add_argument("--skip-tokenization", action="store_true", help="do not time tokenizing all 50,000 reviews")
@@ -91,6 +94,37 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------------------------
 # One measurement (runs in its own process)
+
+
+class TokenCounter:
+    """Counts real and padded tokens the model sees, split into training (grad on) and evaluation.
+
+    A forward pre-hook on the model is exact whatever the Trainer does between steps (validation
+    passes inside train(), gradient accumulation). With `keep_shapes`, `calls` also keeps each forward
+    call's real row lengths and padded length (for FLOPs): the package counts real tokens only.
+    """
+
+    def __init__(self, model, keep_shapes: bool = False):
+        self.keep_shapes = keep_shapes
+        self.reset()
+        self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def reset(self) -> None:
+        self.tokens = {"train": {"real": 0, "padded": 0}, "eval": {"real": 0, "padded": 0}}
+        self.calls = []
+
+    def _count(self, module, args, kwargs) -> None:
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            return
+        phase = self.tokens["train" if torch.is_grad_enabled() else "eval"]
+        phase["real"] += int(mask.sum())
+        phase["padded"] += int(mask.numel())
+        if self.keep_shapes:
+            self.calls.append({"lengths": mask.sum(1).tolist(), "padded": int(mask.shape[1])})
+
+    def remove(self) -> None:
+        self._handle.remove()
 
 
 class StepLog(TrainerCallback):
@@ -208,7 +242,7 @@ def measure_trainer_steps(cfg, variant, model, tokenizer, train_ds, warmup: bool
         disable_tqdm=True,
     )
     trainer = train.make_trainer(model, tokenizer, args, train_ds, None)
-    step_log, shapes = StepLog(), train.TokenCounter(model, keep_shapes=True)
+    step_log, shapes = StepLog(), TokenCounter(model, keep_shapes=True)
     trainer.add_callback(step_log)
     with train.PeakMemory() as memory:
         trainer.train()
@@ -241,7 +275,7 @@ def measure_eval_paired(cfg, variant, model, tokenizer, project_batches, baselin
     for k in range(len(project_batches)):
         for pipeline, batches in pipelines.items():
             swap_activation(model, stock=pipeline == "baseline")
-            shapes = train.TokenCounter(model, keep_shapes=True)
+            shapes = TokenCounter(model, keep_shapes=True)
             with train.PeakMemory() as memory:
                 start = time.perf_counter()
                 trainer.predict(batches[k])
@@ -298,15 +332,15 @@ def profile_step(model, tokenizer, train_ds, rows, top: int = 8) -> list[dict]:
     return [{"op": e.key, "self_share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:top]]
 
 
-def run_worker(args, variant: str, pipeline: str, out: str) -> None:
-    """Measure one variant on one pipeline; write the result as JSON to `out`."""
+def run_worker(args, name: str, pipeline: str, out: str) -> None:
+    """Measure variant `name` on one pipeline; write the result as JSON to `out`."""
     import datasets
     import transformers
 
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
-    cfg = worker_config(args)
-    splits, model_path, tokenizer, tokenized = prepare_data(cfg)  # the project's pipeline
+    cfg, variant = worker_config(args), get_variant(name)
+    splits, model_path, tokenizer, tokenized, labels = prepare_data(cfg)  # the project's pipeline
     if pipeline == "baseline":
         tokenized = pad_to_max_length(splits, tokenizer, cfg.max_length)
     # the same reviews in the same batches for both pipelines, chosen from the project's epoch (see the docstring)
@@ -315,22 +349,22 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
     warmup = max(train_batches, key=lambda b: max(train_lengths[i] for i in b))
     timed = stratified_batches(train_batches, train_lengths, args.steps)
     train_ds = tokenized["train"].select([i for b in [warmup, *timed] for i in b])
-    model = models.build_configured_variant(cfg, variant, model_path, tokenizer)
+    model = models.build_model(cfg, variant, model_path, tokenizer, labels)
     if pipeline == "baseline":
         swap_activation(model, stock=True)
     params, shape = cost.matmul_params(model), cost.attention_shape(model)
-    recompute = variant == "nf4_lora"  # gradient checkpointing
+    recompute = variant.gradient_checkpointing
     page_in_weights(model)  # so that "memory before training" holds the whole model
     result = {
-        "variant": variant,
+        "variant": name,
         "pipeline": pipeline,
         "model_bytes": int(model.get_memory_footprint()),
         "matmul_params": params,
         # what memory holds before training: the baseline of the will-it-fit check
         "memory_before_bytes": torch.cuda.memory_allocated() if torch.cuda.is_available() else psutil.Process().memory_info().rss,
     }
-    if variant == "head_only" and pipeline == "project":
-        result |= measure_cached_head(cfg, model, tokenizer, tokenized, params, shape, args)
+    if variant.trains == "head" and pipeline == "project":
+        result |= measure_cached_head(cfg, variant, model, tokenizer, tokenized, params, shape, args)
     else:
         seconds, calls, peak = measure_trainer_steps(cfg, variant, model, tokenizer, train_ds)
         result["train"] = rates(seconds, calls[1:], params, shape, "train", recompute) | {"peak_memory_bytes": peak}
@@ -354,7 +388,7 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
         }
         if pipeline == "project":
             result["train_profile"] = profile_step(model, tokenizer, tokenized["train"], timed[len(timed) // 2])
-        if args.ablations and pipeline == "project" and variant == "lora":  # the same timed batches, the model warm
+        if args.ablations and pipeline == "project" and name == ABLATED:  # the same timed batches, the model warm
             timed_ds = tokenized["train"].select([i for b in timed for i in b])
             for change, key in (
                 (partial(swap_activation, stock=True), "stock_activation"),
@@ -381,7 +415,7 @@ def run_worker(args, variant: str, pipeline: str, out: str) -> None:
     Path(out).write_text(json.dumps(result, indent=1))
 
 
-def measure_cached_head(cfg, model, tokenizer, tokenized, params, shape, args) -> dict:
+def measure_cached_head(cfg, variant, model, tokenizer, tokenized, params, shape, args) -> dict:
     """Head-only as the package trains it (train.train_variant): one frozen pass over sampled batches, then the head.
 
     The frozen pass sorts reviews by length and batches them; its batches are length strata of those
@@ -396,8 +430,8 @@ def measure_cached_head(cfg, model, tokenizer, tokenized, params, shape, args) -
         "validation": tokenized["validation"],
         "test": tokenized["test"].select(range(cfg.eval_batch_size)),  # the record's own test pass (not timed here)
     }
-    shapes = train.TokenCounter(model.base_model, keep_shapes=True)  # extract_features calls the backbone, below the head
-    _, record = train.train_variant(cfg, "head_only", model, tokenizer, splits)
+    shapes = TokenCounter(model.base_model, keep_shapes=True)  # extract_features calls the backbone, below the head
+    _, record = train.train_variant(cfg, variant, model, tokenizer, splits)
     shapes.remove()
     test_calls = -(-len(splits["test"]) // cfg.eval_batch_size)
     forward = rates(record["feature_seconds"], shapes.calls[:-test_calls], params, shape, "eval")  # train + validation
@@ -437,7 +471,7 @@ def time_tokenization(args, argv) -> dict:
 def tokenize_all(args, out: str) -> None:
     """One timing of tokenizing all of IMDB (a worker of time_tokenization), as JSON in `out`."""
     start = time.perf_counter()
-    imdb = data.load_imdb(args.data_dir)
+    imdb = data.load_splits(make_config("full", data_dir=args.data_dir))
     loaded = time.perf_counter() - start
     tokenizer = catalog.load_tokenizer(catalog.resolve_model(args.model))
     start = time.perf_counter()
@@ -458,7 +492,7 @@ def run_all(args, argv) -> dict:
     print(f"matmul peak (2048 x 2048 fp32): {peak / 1e9:.1f} GFLOP/s", flush=True)
     record = {
         "command": "python " + shlex.join(["bench/throughput.py", *argv]),
-        "device": recording.device_info(),
+        "device": hardware.device_info(),
         "memory_gib": psutil.virtual_memory().total / 2**30,
         "versions": recording.library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -471,7 +505,7 @@ def run_all(args, argv) -> dict:
         record["tokenization"] = time_tokenization(args, [a for a in argv if a != "--skip-tokenization"])
         print(f"tokenization: {json.dumps(record['tokenization'])}", flush=True)
     worker_argv = [a for a in argv if a != "--skip-tokenization"]
-    pairs = [("lora", "project")] if args.ablations else [(v, p) for v in args.variants for p in PIPELINES]
+    pairs = [(ABLATED, "project")] if args.ablations else [(v, p) for v in args.variants for p in PIPELINES]
     for variant, pipeline in pairs:
         start = time.perf_counter()
         run = run_in_worker(__file__, worker_argv, [variant, pipeline])
@@ -522,15 +556,15 @@ def summarize(record: dict) -> dict:
             }
             if train_tokens:  # head-only on cached features: the one frozen pass (its epochs then cost ~nothing)
                 row[name]["full_imdb_epoch_hours"] = train_tokens / run["train"]["real_tokens_per_s"] / 3600
-        if variant == "head_only":
+        if "head_epochs" in proj["train"]:  # the head trained on cached features: one frozen pass, then its epochs
             epochs = proj["train"]["head_epochs"]
             row[f"train_ratio_over_{epochs}_epochs"] = (
                 proj["train"]["effective_real_tokens_per_s"] / base["train"]["real_tokens_per_s"]
             )
         summary[variant] = row
-    fp32 = summary.get("lora", {}).get("model_bytes")
-    if fp32 and "nf4_lora" in summary:
-        summary["nf4_bytes_vs_fp32"] = summary["nf4_lora"]["model_bytes"] / fp32
+    for name, variant in VARIANTS.items():  # a quantized model against the fp32 one it is compared with (NF4 LoRA: LoRA)
+        if variant.quantization and name in summary and variant.compared_with in summary:
+            summary["nf4_bytes_vs_fp32"] = summary[name]["model_bytes"] / summary[variant.compared_with]["model_bytes"]
     return summary
 
 
@@ -576,14 +610,12 @@ def plot(record: dict):
             top = max(summary[v][p][f"{phase}_real_tokens_per_s"] for p in PIPELINES)
             ax.annotate(f"x{summary[v][f'{phase}_ratio']:.2f}", (j, top), ha="center", va="bottom")
         ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # room for the ratios and the legend
-        ax.set_xticks(x, [recording.VARIANT_LABELS.get(v, v) for v in variants])
+        ax.set_xticks(x, [label_of(v) for v in variants])
         ax.set_ylabel("real (non-pad) tokens / s")
         ax.set_title(f"{'training' if phase == 'train' else 'evaluation'} throughput")
         ax.legend(fontsize=8, loc="upper left")
     ax = axes[2]
-    ax.bar(
-        [recording.VARIANT_LABELS.get(v, v) for v in variants], [summary[v]["model_bytes"] / 1e6 for v in variants], color="grey"
-    )
+    ax.bar([label_of(v) for v in variants], [summary[v]["model_bytes"] / 1e6 for v in variants], color="grey")
     ax.set_ylabel("model bytes (MB, get_memory_footprint)")
     ax.set_title("model size")
     device = record["device"]["name"]
@@ -616,17 +648,21 @@ def throughput_section(record: dict, ablations: dict | None = None) -> str:
             r = row[pipeline]
             hours = r.get("full_imdb_epoch_hours")
             lines.append(
-                f"| {recording.VARIANT_LABELS.get(variant, variant)} | {pipeline} | {r['train_real_tokens_per_s']:,.0f} / "
+                f"| {label_of(variant)} | {pipeline} | {r['train_real_tokens_per_s']:,.0f} / "
                 f"{r['train_padded_tokens_per_s']:,.0f} | {r['eval_real_tokens_per_s']:,.0f} / {r['eval_padded_tokens_per_s']:,.0f} "
                 f"| {r['train_mfu']:.1%} | {r['eval_mfu']:.1%} | {r['train_peak_memory_bytes'] / 1e6:,.0f} "
                 f"| {row['model_bytes'] / 1e6:,.0f} | {'-' if hours is None else f'{hours:.1f} h'} |"
             )
         lines.append(f"| | **project / baseline** | **x{row['train_ratio']:.2f}** | **x{row['eval_ratio']:.2f}** | | | | | |")
     notes = []
-    for key, value in summary.get("head_only", {}).items():
-        if key.startswith("train_ratio_over_"):
-            epochs = key.removeprefix("train_ratio_over_").removesuffix("_epochs")
-            notes.append(f"Head-only over {epochs} epochs (one frozen pass, then the head on cached features): x{value:.1f}.")
+    for variant, row in summary.items():
+        for key, value in row.items():
+            if key.startswith("train_ratio_over_"):
+                epochs, label = key.removeprefix("train_ratio_over_").removesuffix("_epochs"), label_of(variant)
+                notes.append(
+                    f"{label[:1].upper()}{label[1:]} over {epochs} epochs (one frozen pass, then the head on cached features): "
+                    f"x{value:.1f}."
+                )
     for key, what in (
         ("fused_activation_speedup", "The fused GELU (the same function as GPT-2's stock `gelu_new`; the project's default), "
          "training on the same batches"),
@@ -635,9 +671,7 @@ def throughput_section(record: dict, ablations: dict | None = None) -> str:
     ):  # fmt: skip
         speedups = {v: row[key] for v, row in (ablations or {}).get("summary", {}).items() if key in row}
         if speedups:
-            notes.append(
-                f"{what}: " + ", ".join(f"{recording.VARIANT_LABELS.get(v, v)} x{x:.2f}" for v, x in speedups.items()) + "."
-            )
+            notes.append(f"{what}: " + ", ".join(f"{label_of(v)} x{x:.2f}" for v, x in speedups.items()) + ".")
     if all(r.get("eval", {}).get("paired") for r in record["runs"]):
         notes.append(
             "Evaluation: both pipelines timed in one process, alternating batch by batch (machine drift cancels); "

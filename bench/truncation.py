@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset, DatasetDict
 
-from peft_sentiment import VARIANTS, data, features, hardware, metrics, models, recording, report, train
+from peft_sentiment import data, features, hardware, metrics, models, recording, report, train
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides
 from peft_sentiment.pipeline import prepare_data
+from peft_sentiment.variants import VARIANTS, get_variant, label_of
 
 # name -> what the setting changes in the profile ("head" is the reference of the comparison)
 SETTINGS = {
@@ -46,7 +47,7 @@ SETTINGS = {
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu", help="config profile (default: cpu)")
-    parser.add_argument("--variant", choices=VARIANTS, default="head_only")
+    parser.add_argument("--variant", choices=list(VARIANTS), default="head_only")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--val-size", type=int, default=1000, help="validation reviews carved from unused training reviews")
     parser.add_argument("--set", nargs="+", default=[], metavar="NAME=VALUE", help="other config overrides, as in the CLI")
@@ -66,11 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def carve_validation(cfg, n: int) -> DatasetDict:
     """The profile's training subset, and `n` validation reviews from the training reviews it leaves unused."""
-    imdb = data.load_imdb(cfg.data_dir)
-    splits = data.prepare_splits(cfg, imdb)
+    raw = data.load_splits(cfg)
+    splits = data.prepare_splits(cfg, raw)
     used = set(splits["train"]["text"]) | set(splits["validation"]["text"])
-    rest = imdb["train"].filter(lambda batch: [t not in used for t in batch["text"]], batched=True)
-    validation = data.take_balanced_subset(rest, n, cfg.seed + 1)
+    rest = raw["train"].filter(lambda batch: [t not in used for t in batch["text"]], batched=True)
+    validation = data.take_stratified_subset(rest, n, cfg.seed + 1)
     return DatasetDict(train=splits["train"], validation=validation, test=validation.select(range(0)))
 
 
@@ -93,35 +94,34 @@ def frozen_features(model, tokenizer, tokenized: dict, batch_size: int) -> dict:
     }
 
 
-def head_only_probabilities(cfg, model, features_by_setting: dict, labels: dict) -> dict:
-    """Per setting: a fresh head trained on its features (the profile's recipe), P(pos) on validation."""
+def head_probabilities(cfg, variant, model, features_by_setting: dict, labels: dict) -> dict:
+    """Per setting: a fresh head trained on its features (the profile's recipe), class probabilities on validation."""
     initial = copy.deepcopy(model.score.state_dict())
     probabilities = {}
     for name, feats in features_by_setting.items():
         model.score.load_state_dict(initial)
-        with train.PeakMemory() as memory:
-            trainer, _ = train.fit_head(cfg, model, feats, labels, memory)
+        trainer, _ = train.fit_head(cfg, variant, model, feats, labels)
         prediction = trainer.predict(features.feature_dataset(feats["validation"], labels["validation"]))
-        probabilities[name] = metrics.positive_probabilities(prediction.predictions)
+        probabilities[name] = metrics.softmax(prediction.predictions)
     return probabilities
 
 
-def lora_probabilities(cfg, variant: str, tokenized: dict, work_dirs: dict, prepared, resume: bool = False):
-    """Per setting, in turn: (name, P(pos) on validation) of the variant trained as the profile trains it."""
+def trainer_probabilities(cfg, variant, tokenized: dict, work_dirs: dict, prepared, resume: bool = False):
+    """Per setting, in turn: (name, class probabilities on validation) of the variant trained as the profile trains it."""
     for name, t in tokenized.items():
         setting_cfg = dataclasses.replace(cfg, work_dir=str(work_dirs[name]), evals_per_run=1)
-        model = models.build_configured_variant(setting_cfg, variant, prepared.model_path, prepared.tokenizer)
+        model = models.build_model(setting_cfg, variant, prepared.model_path, prepared.tokenizer, prepared.labels)
         # No validation pass during training: the one after it gives the figures (a pass of 1,000 reviews is ~10 min here).
         args = train.make_training_args(setting_cfg, variant, eval_strategy="no")
         trainer = train.make_trainer(model, prepared.tokenizer, args, t["train"], t["validation"])
         train.fit(trainer, setting_cfg, resume)
-        _, probs = train.predict_in_order(trainer, t["validation"])
-        yield name, np.asarray(probs)
+        _, probabilities = train.predict_in_order(trainer, t["validation"])
+        yield name, probabilities
 
 
 def scores(labels, probabilities, cut) -> dict:
     """Accuracy with its Wilson 95% interval: overall, on the cut reviews, on the whole ones."""
-    correct = (np.asarray(probabilities) > 0.5) == np.asarray(labels)
+    correct = metrics.predicted_labels(probabilities) == np.asarray(labels)
     out = {}
     for part, mask in (("all", np.ones_like(cut)), ("truncated", cut), ("whole", ~cut)):
         accuracy = float(correct[mask].mean())
@@ -169,7 +169,7 @@ def run(args, argv, path: Path) -> dict:
         "validation_truncated": list(map(bool, cut)),
         "settings": {},
         "predictions": {},
-        "device": recording.device_info(),
+        "device": hardware.device_info(),
         "versions": recording.library_versions(),
     }
     previous = resumable(path, record) if args.resume else None
@@ -194,15 +194,16 @@ def run(args, argv, path: Path) -> dict:
     for name in todo:
         setting_cfg = dataclasses.replace(cfg, **SETTINGS[name])
         tokenized[name] = (reference if setting_cfg == cfg else prepare_data(setting_cfg, splits)).tokenized
-    if args.variant == "head_only":
-        model = models.build_variant("head_only", reference.model_path, reference.tokenizer, seed=cfg.seed)
+    variant = get_variant(args.variant)
+    if variant.trains == "head":  # the head alone: each distinct review's frozen features computed once for all settings
+        model = models.build_model(cfg, variant, reference.model_path, reference.tokenizer, reference.labels)
         features_by_setting = frozen_features(model, reference.tokenizer, tokenized, cfg.eval_batch_size)
-        results = head_only_probabilities(cfg, model, features_by_setting, labels).items()
+        results = head_probabilities(cfg, variant, model, features_by_setting, labels).items()
     else:
-        results = lora_probabilities(cfg, args.variant, tokenized, work_dirs, reference, resume=previous is not None)
+        results = trainer_probabilities(cfg, variant, tokenized, work_dirs, reference, resume=previous is not None)
     for name, probabilities in results:
         record["settings"][name] = {"changes": SETTINGS[name], **scores(labels["validation"], probabilities, cut)}
-        record["predictions"][name] = [round(float(x), 6) for x in probabilities]
+        record["predictions"][name] = metrics.recorded_predictions(probabilities)
         save()
     return record
 
@@ -225,7 +226,7 @@ def truncation_section(records: list[dict]) -> str:
                 f"{s[p]['accuracy']:.1%} ({s[p]['ci95'][0]:.1%}-{s[p]['ci95'][1]:.1%}, n={s[p]['n']})"
                 for p in ("all", "truncated", "whole")
             ]
-            lines.append(f"| {recording.VARIANT_LABELS[r['variant']]} | {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label_of(r['variant'])} | {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Each setting against `head` on the same reviews: how many only the setting gets right, how many only `head`"
@@ -238,7 +239,7 @@ def truncation_section(records: list[dict]) -> str:
         cut = truncated_reviews(r, records)
         for name in [n for n in r["settings"] if n != "head" and "head" in r["settings"]]:
             cells = [paired_cell(r, name), "-" if cut is None else paired_cell(r, name, cut)]
-            lines.append(f"| {recording.VARIANT_LABELS[r['variant']]} | {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label_of(r['variant'])} | {name} | " + " | ".join(cells) + " |")
     paired = variants_paired(records)
     if paired:
         lines += ["", "Variants against each other, at the same setting on the same reviews:", "", *paired]
@@ -284,7 +285,7 @@ def variants_paired(records: list[dict]) -> list[str]:
         for i, a in enumerate(ran):
             for b in [b for b in ran[i + 1 :] if same_reviews(a, b)]:
                 d = metrics.paired_difference(a["validation_labels"], a["predictions"][setting], b["predictions"][setting])
-                label_a, label_b = recording.VARIANT_LABELS[a["variant"]], recording.VARIANT_LABELS[b["variant"]]
+                label_a, label_b = label_of(a["variant"]), label_of(b["variant"])
                 lines.append(
                     f"- `{setting}`: {label_b} {b['settings'][setting]['all']['accuracy']:.1%} against {label_a} "
                     f"{a['settings'][setting]['all']['accuracy']:.1%}; {d['only_b']} reviews only {label_b} gets right, "
@@ -323,12 +324,12 @@ def truncation_summary(records: list[dict], setting: str) -> str:
         head, other = r["settings"]["head"], r["settings"][setting]
         cut = truncated_reviews(r, records)
         lines.append(
-            f"| {recording.VARIANT_LABELS[r['variant']]} | {head['all']['accuracy']:.1%} / {head['truncated']['accuracy']:.1%}"
+            f"| {label_of(r['variant'])} | {head['all']['accuracy']:.1%} / {head['truncated']['accuracy']:.1%}"
             f" | {other['all']['accuracy']:.1%} / {other['truncated']['accuracy']:.1%}"
             f" | {'-' if cut is None else paired_cell(r, setting, cut)} |"
         )
         if cut is not None and (d := paired_with_head(r, setting, cut))["only_a"] > d["only_b"]:
-            ahead.append(recording.VARIANT_LABELS[r["variant"]])
+            ahead.append(label_of(r["variant"]))
             resolved += [ahead[-1]] if d["p_value"] < 0.05 else []
     lines += [
         "",
@@ -344,7 +345,7 @@ def truncation_summary(records: list[dict], setting: str) -> str:
 
 def read_records(folder: Path) -> list[dict]:
     """The truncation records in `folder`, in the variants' order."""
-    return [recording.read_json(p) for p in sorted(folder.glob("*.json"), key=lambda p: VARIANTS.index(p.stem))]
+    return [recording.read_json(p) for p in sorted(folder.glob("*.json"), key=lambda p: list(VARIANTS).index(p.stem))]
 
 
 def main(argv=None) -> int:

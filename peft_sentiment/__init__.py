@@ -1,8 +1,9 @@
-"""Parameter-efficient fine-tuning of decoder LMs for IMDB sentiment: head-only, LoRA, NF4 LoRA."""
+"""Parameter-efficient fine-tuning of decoder LMs for text classification: head-only, LoRA, NF4 LoRA, full fine-tuning.
 
-VARIANTS = ("head_only", "lora", "nf4_lora")
+The variants are declared in `peft_sentiment.variants`; the dataset (IMDB by default) is a setting in `config`.
+"""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 try:  # torch is imported here; before the notebook's setup step has installed it, the package still imports
     from peft_sentiment.hardware import quiet_bitsandbytes_kernel_hub

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 
 from peft_sentiment.data import strip_markup
+from peft_sentiment.hardware import device_info
 from peft_sentiment.metrics import accuracy_interval, classification_metrics
-from peft_sentiment.recording import device_info, library_versions
+from peft_sentiment.recording import library_versions
 from peft_sentiment.train import PeakMemory
 
 
@@ -26,7 +27,7 @@ def train_tfidf_baseline(splits, seed: int, cs=(0.3, 1.0, 3.0, 10.0, 30.0, 100.0
         best_c = max(scores, key=scores.get)  # the first (most regularised) of equal scores
         clf = LogisticRegression(C=best_c, max_iter=2000, random_state=seed).fit(train_x, splits["train"]["label"])
     with PeakMemory() as evaluation:
-        probs = clf.predict_proba(vectorizer.transform(strip_markup(splits["test"]["text"])))[:, 1]
+        probs = clf.predict_proba(vectorizer.transform(strip_markup(splits["test"]["text"])))  # one column per class
     metrics = classification_metrics(splits["test"]["label"], probs)
     n_test = len(splits["test"])
     return {

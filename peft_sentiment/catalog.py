@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
 
+from peft_sentiment.recording import atomic_path
+
 CACHE_ENV = "PEFT_SENTIMENT_CACHE"
 
 
@@ -108,10 +110,9 @@ def build_tiny_gpt2(folder: Path, texts: list[str], vocab_size: int = 2048, seed
         vocab_size=len(tokenizer), n_positions=256, n_embd=64, n_layer=2, n_head=2, bos_token_id=eos, eos_token_id=eos
     )
     torch.manual_seed(seed)
-    tmp = folder.with_name(folder.name + ".tmp")
-    GPT2ForSequenceClassification(config).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.replace(folder)  # atomic: a half-built model is never mistaken for a finished one
+    with atomic_path(folder) as tmp:  # a half-built model is never mistaken for a finished one
+        GPT2ForSequenceClassification(config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def build_gpt2_random(folder: Path, tokenizer, seed: int = 0, **size) -> None:
@@ -122,10 +123,9 @@ def build_gpt2_random(folder: Path, tokenizer, seed: int = 0, **size) -> None:
     stands in for GPT-2's, so that reviews get realistic token lengths.
     """
     torch.manual_seed(seed)
-    tmp = folder.with_name(folder.name + ".tmp")
-    GPT2ForSequenceClassification(GPT2Config(**size)).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.replace(folder)
+    with atomic_path(folder) as tmp:
+        GPT2ForSequenceClassification(GPT2Config(**size)).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def convert_smollm2(folder: Path) -> None:
@@ -151,10 +151,9 @@ def convert_smollm2(folder: Path) -> None:
     del config.quantization_config  # the weights are already dequantized; a plain model can be saved
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf_model.state_dict(), strict=True)
-    tmp = folder.with_name(folder.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.replace(folder)
+    with atomic_path(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
 
 
 def load_tokenizer(model_path: str):

@@ -11,13 +11,15 @@ import shlex
 import sys
 from pathlib import Path
 
-from peft_sentiment import VARIANTS, inference, plots, recording, report
+from peft_sentiment import inference, plots, recording, report
 from peft_sentiment.config import make_config, parse_overrides
 from peft_sentiment.pipeline import evaluate_adapter, run_training
+from peft_sentiment.variants import VARIANTS
 
 EXAMPLES = """examples:
   python -m peft_sentiment train --profile smoke
   python -m peft_sentiment train --profile cpu --variants lora --set lr_lora=3e-4 --resume
+  python -m peft_sentiment train --profile smoke --set dataset=my_data/ --set text_column=review --set label_column=stars
   python -m peft_sentiment evaluate saved_f32_lora --set test_size=200
   python -m peft_sentiment predict saved_f32_lora "A moving, beautifully shot film."
   python -m peft_sentiment merge saved_f32_lora merged_f32
@@ -29,16 +31,17 @@ EXAMPLES = """examples:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m peft_sentiment",
-        description="Fine-tune a decoder LM for IMDB sentiment (head-only, LoRA, NF4 LoRA), classify reviews, report results.",
+        description="Fine-tune a decoder LM for text classification (IMDB by default) in several variants, classify texts, "
+        "report results.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train and evaluate variants; write records and adapters")
     t.add_argument("--profile", help="full | cpu | smoke (default: $PEFT_PROFILE, else full)")
-    t.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS, help="default: all three")
+    t.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="default: all of them")
     t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override one config value; repeatable")
-    t.add_argument("--resume", action="store_true", help="continue LoRA variants from their last checkpoint")
+    t.add_argument("--resume", action="store_true", help="continue each variant from its last checkpoint")
     p = sub.add_parser("predict", help="classify reviews with a saved adapter; prints label and probability")
     p.add_argument("adapter", help="an adapter folder, e.g. saved_f32_lora")
     p.add_argument("texts", nargs="*", help="reviews; none = read --file, else standard input (one review per line)")
@@ -92,7 +95,7 @@ def evaluate_command(args, argv) -> None:
     m = result["metrics"]
     low, high = m["accuracy_ci95"]
     print(f"accuracy {m['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}) on {m['test_reviews']} reviews")
-    print({k: round(v, 4) for k, v in m.items() if k in ("precision", "recall", "f1", "roc_auc")})
+    print({k: round(v, 4) for k, v in m.items() if k in ("f1_macro", "precision", "recall", "f1", "roc_auc")})
     if args.out:
         recording.write_json_atomic(result, Path(args.out))
 
@@ -108,7 +111,7 @@ def report_command(args, argv) -> None:
     for folder in args.records_dirs:
         print(report.results_section(folder), end="\n\n")
         if args.plots:
-            records = recording.read_records(folder)
+            records = recording.read_records(folder, order=VARIANTS)
             print(report.analysis_table(records).to_string(float_format="{:.4f}".format), end="\n\n")
             cost_plot = plots.plot_accuracy_vs_cost(records, recording.read_baselines(folder))
             cost_plot.savefig(Path(folder) / "accuracy_vs_cost.png", dpi=120)

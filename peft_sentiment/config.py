@@ -12,14 +12,15 @@ import os
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 
-from peft_sentiment import VARIANTS
 from peft_sentiment.hardware import PRECISIONS
 
 TRUNCATIONS = ("head", "tail", "head+tail")  # which tokens of a review longer than max_length are kept (data.truncate)
 
 PROFILE_ENV = "PEFT_PROFILE"
 DATA_DIR_ENV = "IMDB_DATA_DIR"
+IMDB = "stanfordnlp/imdb"  # the default dataset; $IMDB_DATA_DIR names a local copy of it
 
 
 @dataclass(frozen=True)
@@ -30,20 +31,24 @@ class Config:
     # --- model ---
     model_name: str  # Hub id ("gpt2"), a local folder, or a short name from catalog.SHORT_NAMES
     # --- data ---
-    data_dir: str | None  # folder with train.parquet/test.parquet; None = the Hub's "imdb"
-    train_size: int | None  # balanced, seeded subset of the 25k train reviews; None = all
-    val_size: int  # carved from train (never from test) for monitoring and tuning
-    test_size: int | None  # balanced, seeded subset of the 25k test reviews; None = all
-    max_length: int  # tokens per review after truncation (the prompt suffix included)
-    prompt_suffix: str  # appended to every review, after truncation; "" = the review alone
-    truncation: str  # which tokens of a longer review are kept: "head", "tail" or "head+tail" (data.truncate)
-    truncation_head_share: float  # head+tail: the share of the kept tokens taken from the review's start
+    dataset: str  # a Hub id, or a local folder with train and test files (CSV, JSON Lines or parquet; validation optional)
+    data_dir: str | None  # a local copy of `dataset` (IMDB: $IMDB_DATA_DIR); None = load `dataset` itself
+    text_column: str  # the column holding the text to classify
+    label_column: str  # the column holding its class: integers or strings, two classes or more
+    train_size: int | None  # stratified, seeded subset of the train split; None = all
+    val_size: int  # carved from train (never from test) unless the dataset has a validation split
+    test_size: int | None  # stratified, seeded subset of the test split; None = all
+    max_length: int  # tokens per text after truncation (the prompt suffix included)
+    prompt_suffix: str  # appended to every text after truncation; "" = the text alone. It goes with the dataset
+    truncation: str  # which tokens of a longer text are kept: "head", "tail" or "head+tail" (data.truncate)
+    truncation_head_share: float  # head+tail: the share of the kept tokens taken from the text's start
     # --- training ---
     epochs: float
     train_batch_size: int
     eval_batch_size: int
-    lr_head_only: float
-    lr_lora: float  # used by both LoRA variants so that they differ only in quantization
+    lr_head: float  # variants that train the head alone (each variant names the learning rate it uses)
+    lr_lora: float  # LoRA, on fp32 or NF4 weights: the same step, so that they differ only in quantization
+    lr_full: float  # full fine-tuning: every weight moves, so a step well below LoRA's
     head_on_cached_features: bool  # head-only: one frozen forward pass per review, then train the head on its output
     head_epochs: float  # head-only epochs over the cached features (nearly free once cached)
     weight_decay: float
@@ -59,20 +64,10 @@ class Config:
     # --- NF4 ---
     nf4_compute_dtype: str  # what NF4 matmuls dequantize to: "bfloat16" (GPUs) or "float32"
     # --- outputs ---
-    adapter_dir_f32: str
-    adapter_dir_nf4: str
+    save_dir: str  # trained adapters and models go to <save_dir>/<the variant's folder> (saved_f32_lora, ...)
     records_dir: str  # one JSON record per variant
     work_dir: str  # Trainer checkpoints and logs (git-ignored)
     seed: int = 42
-
-    def adapter_dir(self, variant: str) -> str:
-        """Where `variant`'s trained adapter is saved (head-only saves none)."""
-        return {"lora": self.adapter_dir_f32, "nf4_lora": self.adapter_dir_nf4}[variant]
-
-    def learning_rate(self, variant: str) -> float:
-        """The learning rate of `variant`."""
-        check_variant(variant)
-        return self.lr_head_only if variant == "head_only" else self.lr_lora
 
 
 # The tutorial on a GPU with the Hub: the reference setup (LoRA r=4, alpha=16, dropout 0.1 on every
@@ -81,7 +76,10 @@ class Config:
 FULL = Config(
     profile="full",
     model_name="gpt2",
+    dataset=IMDB,
     data_dir=None,
+    text_column="text",
+    label_column="label",
     train_size=None,
     val_size=1000,  # 4% of train; Wilson 95% interval about +-1.9 points at 90% accuracy
     test_size=None,
@@ -94,10 +92,11 @@ FULL = Config(
     epochs=1,
     train_batch_size=16,
     eval_batch_size=64,
-    lr_head_only=1e-3,  # a lone linear head on frozen features tolerates a large step
+    lr_head=1e-3,  # a lone linear head on frozen features tolerates a large step
     head_on_cached_features=True,  # same result as training through the frozen model, 1/epochs of its forward cost
     head_epochs=10,
     lr_lora=2e-4,  # the usual LoRA range is 1e-4..5e-4; not yet tuned on this setup
+    lr_full=2e-5,  # the usual range for fully fine-tuning a 100M-parameter model (BERT, GPT-2: 1e-5..5e-5)
     weight_decay=0.0,
     evals_per_run=4,
     checkpoint_every=0.1,  # a crash costs at most a tenth of the run
@@ -108,8 +107,7 @@ FULL = Config(
     lora_dropout=0.1,
     lora_targets=None,  # GPT-2: c_attn, c_proj (attention and MLP), c_fc
     nf4_compute_dtype="bfloat16",  # the reference's, for GPUs
-    adapter_dir_f32="saved_f32_lora",
-    adapter_dir_nf4="saved_nf4_lora",
+    save_dir=".",  # saved_f32_lora/ and saved_nf4_lora/ beside the notebook (committed); saved_full_finetune/ is git-ignored
     records_dir="results/full",
     work_dir="runs/full",
 )
@@ -137,6 +135,7 @@ PROFILES: dict[str, Config] = {
         eval_batch_size=32,
         head_epochs=20,  # cached: 20 epochs of a 576x2 head cost under a second
         lr_lora=5e-4,  # short run (125 steps): the upper end of the usual range; bench/sweep: 2e-4 and 1e-3 no better
+        lr_full=5e-5,  # short run: the upper end of the usual range, as for LoRA (not yet swept)
         evals_per_run=1,  # one LoRA validation pass of 200 reviews took 121 s here
         checkpoint_every=0.25,
         lora_r=8,  # bench/sweep: rank 16 no better on validation
@@ -160,20 +159,18 @@ PROFILES: dict[str, Config] = {
         val_size=64,
         test_size=128,
         max_length=128,
-        lr_head_only=5e-3,  # random features: a large step shows learning within 20 steps
+        lr_head=5e-3,  # random features: a large step shows learning within 20 steps
         head_epochs=5,
         lr_lora=2e-3,
+        lr_full=1e-3,  # a tiny random model: large steps, as for LoRA
         checkpoint_every=0.5,
         warmup_ratio=0.0,
         nf4_compute_dtype="float32",  # as cpu
-        adapter_dir_f32="runs/smoke/saved_f32_lora",
-        adapter_dir_nf4="runs/smoke/saved_nf4_lora",
+        save_dir="runs/smoke",
         records_dir="runs/smoke/records",
         work_dir="runs/smoke/work",
     ),
 }
-
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_profile(profile: str | None = None) -> str:
@@ -185,14 +182,23 @@ def resolve_profile(profile: str | None = None) -> str:
 
 
 def make_config(profile: str | None = None, **overrides) -> Config:
-    """The named profile with `overrides` applied; $IMDB_DATA_DIR fills an unset data_dir."""
+    """The named profile with `overrides` applied.
+
+    $IMDB_DATA_DIR fills an unset data_dir for IMDB. Another dataset drops IMDB's prompt suffix and writes
+    under runs/<profile>/<dataset>/ unless those are set too: the committed results stay IMDB's.
+    """
     base = PROFILES[resolve_profile(profile)]
     valid = {f.name for f in dataclasses.fields(Config)} - {"profile"}
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ValueError(f"Unknown parameter(s) {unknown}. Valid parameters: {', '.join(sorted(valid))}.")
-    if overrides.get("data_dir") is None and base.data_dir is None and os.environ.get(DATA_DIR_ENV):
+    dataset = overrides.get("dataset", base.dataset)
+    if dataset == IMDB and overrides.get("data_dir") is None and base.data_dir is None and os.environ.get(DATA_DIR_ENV):
         overrides["data_dir"] = os.environ[DATA_DIR_ENV]
+    if dataset != base.dataset:
+        own = f"runs/{base.profile}/{Path(str(dataset).rstrip('/')).name}"
+        defaults = {"prompt_suffix": "", "save_dir": own, "records_dir": f"{own}/records", "work_dir": f"{own}/work"}
+        overrides = defaults | overrides
     if isinstance(overrides.get("lora_targets"), list):
         overrides["lora_targets"] = tuple(overrides["lora_targets"])
     cfg = dataclasses.replace(base, **overrides)
@@ -200,69 +206,45 @@ def make_config(profile: str | None = None, **overrides) -> Config:
     return cfg
 
 
-def check_types(cfg: Config) -> None:
-    """Reject a value of the wrong type (`--set lora_r=abc`) with the type the field needs."""
-    hints = typing.get_type_hints(Config)
-    for field in dataclasses.fields(Config):
-        value, expected = getattr(cfg, field.name), hints[field.name]
-        if not matches_type(value, expected):
-            wanted = " or ".join(type_name(t) for t in typing.get_args(expected) or (expected,))
-            raise ValueError(f"{field.name}={value!r}: must be {wanted}.")
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "True or False", type(None): "None"}
+CHOICES = {"nf4_compute_dtype": ("float32", "bfloat16", "float16"), "truncation": TRUNCATIONS, "precision": PRECISIONS}
+POSITIVE = ("val_size", "max_length", "epochs", "head_epochs", "evals_per_run", "train_batch_size", "eval_batch_size",
+            "lr_head", "lr_lora", "lr_full", "lora_r")  # fmt: skip
 
 
 def matches_type(value, expected) -> bool:
     """isinstance for the annotations Config uses: int, float (an int will do), str, bool, None, tuple[str, ...], unions."""
     if isinstance(expected, types.UnionType):
         return any(matches_type(value, t) for t in typing.get_args(expected))
-    if expected is type(None):
-        return value is None
     if typing.get_origin(expected) is tuple:
         return isinstance(value, tuple) and all(isinstance(v, str) for v in value)
-    if expected is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, expected)
-
-
-def type_name(expected) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "True or False", type(None): "None"}.get(
-        expected, "a list of names"
-    )
+    if expected in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, int | float if expected is float else expected)
 
 
 def validate_config(cfg: Config) -> None:
     """Reject values that would fail later, after expensive work, with a message that says what to do."""
-    check_types(cfg)
+    for field, expected in typing.get_type_hints(Config).items():  # `--set lora_r=abc` names the type it needs
+        if not matches_type(getattr(cfg, field), expected):
+            wanted = " or ".join(TYPE_NAMES.get(t, "a list of names") for t in typing.get_args(expected) or (expected,))
+            raise ValueError(f"{field}={getattr(cfg, field)!r}: must be {wanted}.")
     for name in ("train_size", "test_size"):
-        value = getattr(cfg, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"{name}={value}: must be a positive number of reviews, or None for all of them.")
-    positive = (
-        "val_size",
-        "max_length",
-        "epochs",
-        "head_epochs",
-        "evals_per_run",
-        "train_batch_size",
-        "eval_batch_size",
-        "lr_head_only",
-        "lr_lora",
-        "lora_r",
-    )
-    for name in positive:
+        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
+            raise ValueError(f"{name}={getattr(cfg, name)}: must be a positive number of examples, or None for all of them.")
+    for name in POSITIVE:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{name}={getattr(cfg, name)}: must be positive.")
-    if not 0 <= cfg.lora_dropout < 1:
-        raise ValueError(f"lora_dropout={cfg.lora_dropout}: must be in [0, 1).")
-    if cfg.nf4_compute_dtype not in _DTYPES:
-        raise ValueError(f"nf4_compute_dtype={cfg.nf4_compute_dtype!r}: choose one of {', '.join(_DTYPES)}.")
-    if cfg.truncation not in TRUNCATIONS:
-        raise ValueError(f"truncation={cfg.truncation!r}: choose one of {', '.join(TRUNCATIONS)}.")
-    if not 0 <= cfg.truncation_head_share <= 1:
-        raise ValueError(f"truncation_head_share={cfg.truncation_head_share}: must be in [0, 1].")
-    if cfg.precision not in PRECISIONS:
-        raise ValueError(f"precision={cfg.precision!r}: choose one of {', '.join(PRECISIONS)}.")
+    for name, choices in CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise ValueError(f"{name}={getattr(cfg, name)!r}: choose one of {', '.join(choices)}.")
+    if not 0 <= cfg.lora_dropout < 1 or not 0 <= cfg.truncation_head_share <= 1:
+        raise ValueError(
+            f"lora_dropout={cfg.lora_dropout} must be in [0, 1), truncation_head_share={cfg.truncation_head_share} in [0, 1]."
+        )
+    for name in ("text_column", "label_column"):
+        if not getattr(cfg, name):
+            raise ValueError(f"{name} is empty: name the column of the dataset that holds the {name.split('_')[0]}.")
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -279,18 +261,12 @@ def parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
-def check_variant(variant: str) -> str:
-    """`variant` itself, or a ValueError listing the valid ones."""
-    if variant not in VARIANTS:
-        raise ValueError(f"Unknown variant {variant!r}. Valid variants: {', '.join(VARIANTS)}.")
-    return variant
-
-
 def config_to_dict(cfg: Config) -> dict:
-    """The config as plain JSON-ready data (data_dir relative to the working folder)."""
+    """The config as plain JSON-ready data (local folders relative to the working folder)."""
     data = dataclasses.asdict(cfg)
-    if data["data_dir"] is not None and os.path.isabs(data["data_dir"]):
-        data["data_dir"] = os.path.relpath(data["data_dir"])  # records name no machine's folders
+    for name in ("data_dir", "dataset"):
+        if data[name] is not None and os.path.isabs(data[name]):
+            data[name] = os.path.relpath(data[name])  # records name no machine's folders
     if data["lora_targets"] is not None:
         data["lora_targets"] = list(data["lora_targets"])
     return data

@@ -1,103 +1,168 @@
-"""Load IMDB (Hub or local parquet), take balanced seeded subsets, tokenize with length statistics."""
+"""Load a text-classification dataset (IMDB by default; the Hub or local files), check it, take stratified seeded
+subsets, tokenize with length statistics.
+
+Every split leaves here with two columns, `text` and `label`, the label a `ClassLabel` whose names come
+from the data: so the rest of the package reads one schema whatever the dataset called its columns.
+"""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, DatasetDict, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 
-from peft_sentiment.config import DATA_DIR_ENV, TRUNCATIONS, Config
+from peft_sentiment.config import DATA_DIR_ENV, IMDB, TRUNCATIONS, Config
 
-log = logging.getLogger(__name__)
-
-HUB_DATASET = "stanfordnlp/imdb"
-LABEL_NAMES = ("neg", "pos")
-SPLIT_FILES = {"train": "train.parquet", "test": "test.parquet"}
+SPLITS = ("train", "validation", "test")  # validation is optional: carved from train when the data has none
+FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # file suffix: datasets' builder
 
 
-def load_imdb(data_dir: str | None = None) -> DatasetDict:
-    """IMDB's train and test splits from `data_dir` (parquet) or, when None, from the Hub."""
-    if data_dir is not None:
-        files = check_imdb_dir(data_dir)
-        raw = load_dataset("parquet", data_files=files)
+def load_splits(cfg: Config) -> DatasetDict:
+    """The dataset `cfg` names, checked, as `text` and an integer `label` with its class names (bad data: ValueError)."""
+    source = cfg.data_dir or cfg.dataset
+    if Path(source).expanduser().is_dir():
+        raw = load_local(Path(source).expanduser())
     else:
         try:
-            raw = load_dataset(HUB_DATASET)
-        except Exception as err:  # offline, DNS, proxy: all look different, all mean "no Hub"
-            raise RuntimeError(
-                f"IMDB could not be loaded: the Hugging Face Hub is unreachable ({type(err).__name__}) and "
-                f"{DATA_DIR_ENV} is not set. Either connect to the Hub, or set {DATA_DIR_ENV} to a folder "
-                "holding train.parquet and test.parquet."
+            raw = load_dataset(source)
+        except Exception as err:  # offline, DNS, proxy, a typo: all look different, all mean "not loadable here"
+            hint = f" or set {DATA_DIR_ENV} to a local copy" if cfg.dataset == IMDB else ""
+            raise ValueError(
+                f"Dataset {source!r} could not be loaded ({type(err).__name__}: {str(err)[:200]}). Give a Hub id that is "
+                f"reachable, or a folder holding train and test files (CSV, JSON Lines or parquet){hint}."
             ) from err
-    return DatasetDict({split: clean_reviews(raw[split], split) for split in SPLIT_FILES})
-
-
-def check_imdb_dir(data_dir: str) -> dict[str, str]:
-    """The parquet files of `data_dir`, or a FileNotFoundError that says what is missing."""
-    folder = Path(data_dir).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(
-            f"{DATA_DIR_ENV}={data_dir!r} is not a folder. Point it at the folder that holds "
-            "train.parquet and test.parquet, or unset it to load IMDB from the Hub."
-        )
-    files = {split: folder / name for split, name in SPLIT_FILES.items()}
-    missing = [path.name for path in files.values() if not path.is_file()]
+    missing = [s for s in ("train", "test") if s not in raw]
     if missing:
-        raise FileNotFoundError(
-            f"{folder} lacks {' and '.join(missing)}. It must hold train.parquet and test.parquet with "
-            "columns `text` (string) and `label` (0 = neg, 1 = pos)."
-        )
-    return {split: str(path) for split, path in files.items()}
+        raise ValueError(f"Dataset {source!r} has splits {list(raw)} but no {missing}: it needs train and test.")
+    return check_splits(DatasetDict({s: raw[s] for s in SPLITS if s in raw}), cfg.text_column, cfg.label_column)
 
 
-def clean_reviews(ds: Dataset, split: str) -> Dataset:
-    """Check the schema and labels; drop empty or missing reviews (counted in the log)."""
-    missing = {"text", "label"} - set(ds.column_names)
-    if missing:
+def load_local(folder: Path) -> DatasetDict:
+    """train/test (and validation, if there) files of one format in `folder`, through `load_dataset(format, data_files=...)`."""
+    files = {s: sorted(p for p in folder.glob(f"{s}.*") if p.suffix in FORMATS) for s in SPLITS}
+    if not files["train"] or not files["test"]:
+        found = sorted(p.name for p in folder.iterdir())[:10]
         raise ValueError(
-            f"The {split} split has columns {ds.column_names} but lacks {sorted(missing)}: IMDB needs "
-            "`text` (the review) and `label` (0 = neg, 1 = pos)."
+            f"{folder} must hold a train and a test file ({', '.join('train' + s for s in FORMATS)}, and likewise test); "
+            f"it holds {found}."
         )
-    labels = np.asarray(ds["label"])
-    bad = sorted(set(labels.tolist()) - {0, 1})
-    if bad:
-        raise ValueError(f"The {split} split has labels {bad[:5]} outside {{0, 1}} (0 = neg, 1 = pos). Fix the data.")
-    # An empty review carries no sentiment; dropping it (and saying so) beats failing a long run.
-    keep = [i for i, text in enumerate(ds["text"]) if isinstance(text, str) and text.strip()]
-    if len(keep) < len(ds):
-        log.warning("Dropped %d empty or missing reviews from the %s split.", len(ds) - len(keep), split)
-        ds = ds.select(keep)
-    return ds.select_columns(["text", "label"])
+    builders = {FORMATS[p.suffix] for paths in files.values() for p in paths}
+    if len(builders) > 1:
+        raise ValueError(f"{folder} mixes file formats ({sorted(builders)}): give every split in one format.")
+    data_files = {s: [str(p) for p in paths] for s, paths in files.items() if paths}
+    try:
+        return load_dataset(builders.pop(), data_files=data_files)
+    except Exception as err:  # pyarrow, pandas and datasets each raise their own error for a damaged file
+        cause = err.__cause__ or err  # datasets wraps the parser's own message, which says what is wrong
+        raise ValueError(f"Could not read the data files in {folder} ({type(cause).__name__}: {str(cause)[:300]}).") from err
 
 
-def take_balanced_subset(ds: Dataset, size: int | None, seed: int) -> Dataset:
-    """`size` reviews, half of each label, chosen and shuffled with `seed`; None = all, shuffled."""
+def check_splits(raw: DatasetDict, text_column: str, label_column: str) -> DatasetDict:
+    """Each split as `text` and `label` (a ClassLabel named from the data); one clear ValueError for bad data."""
+    for split, ds in raw.items():
+        missing = [c for c in (text_column, label_column) if c not in ds.column_names]
+        if missing:
+            raise ValueError(
+                f"The {split} split has no column {missing[0]!r}; its columns are {ds.column_names}. "
+                "Set text_column and label_column to the ones that hold the text and its class."
+            )
+        texts = ds[text_column]
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+        if bad:
+            raise ValueError(
+                f"The {split} split has {len(bad)} empty or non-text entries in {text_column!r} (first at row {bad[0]}: "
+                f"{texts[bad[0]]!r}). Remove or fill them."
+            )
+    feature = raw["train"].features[label_column]
+    if isinstance(feature, ClassLabel):
+        names, index = list(feature.names), {i: i for i in range(len(feature.names))}
+    else:
+        values = raw_label_values(raw["train"][label_column])
+        names, index = [str(v) for v in values], {v: i for i, v in enumerate(values)}
+    if len(set(raw["train"][label_column])) < 2:
+        raise ValueError(f"The train split has one class only ({names}): a classifier needs at least two.")
+    out = {}
+    for split, ds in raw.items():
+        unseen = sorted(set(ds[label_column]) - set(index), key=str)
+        if unseen:
+            raise ValueError(
+                f"The {split} split has labels never seen in train: {unseen[:5]}. Train knows {names}; fix the data."
+            )
+        ds = ds.select_columns([text_column, label_column])
+        if not isinstance(feature, ClassLabel):  # mapped once, here: everything downstream sees 0..classes-1
+            ds = ds.map(lambda b: {"_label": [index[v] for v in b[label_column]]}, batched=True, remove_columns=[label_column])
+            ds = ds.rename_column("_label", label_column)
+        ds = ds.rename_columns({c: n for c, n in ((text_column, "text"), (label_column, "label")) if c != n})
+        out[split] = ds.cast_column("label", ClassLabel(names=names))
+    return DatasetDict(out)
+
+
+def raw_label_values(values) -> list:
+    """The distinct raw labels, sorted (numerically for integers): all integers or all strings, never a mix."""
+    kinds = {type(v) for v in values}
+    if not (kinds <= {int} or kinds <= {str}):
+        raise ValueError(f"Labels must be all integers or all strings; found {sorted(k.__name__ for k in kinds)}.")
+    return sorted(set(values))
+
+
+def class_names(ds: Dataset | DatasetDict) -> list[str]:
+    """The class names of a split (or of the train split of `ds`), index order."""
+    split = ds["train"] if isinstance(ds, DatasetDict) else ds
+    return list(split.features["label"].names)
+
+
+def take_stratified_subset(ds: Dataset, size: int | None, seed: int) -> Dataset:
+    """`size` examples, each class in its share of `ds`, chosen and shuffled with `seed`; None = all, shuffled.
+
+    Shares that do not divide evenly are rounded by largest remainder (ties: the later class), so a
+    balanced binary set gets size // 2 and size - size // 2.
+    """
     rng = np.random.default_rng(seed)
     if size is None:
         return ds.select(rng.permutation(len(ds)))
     labels = np.asarray(ds["label"])
-    per_label = [size // 2, size - size // 2]
+    counts = np.bincount(labels, minlength=len(class_names(ds)))
+    exact = size * counts / counts.sum()
+    want = np.floor(exact).astype(int)
+    by_remainder = sorted(range(len(counts)), key=lambda c: (exact[c] - want[c], c), reverse=True)
+    want[by_remainder[: size - want.sum()]] += 1
     chosen = []
-    for label, want in enumerate(per_label):
-        pool = np.flatnonzero(labels == label)
-        if want > len(pool):
+    for label, (need, have) in enumerate(zip(want, counts, strict=True)):
+        if need > have:
             raise ValueError(
-                f"Asked for {size} reviews ({want} with label {label}), but the data has only {len(pool)} "
-                f"with that label. Use a size of at most {2 * min(np.bincount(labels, minlength=2))}, or None for all."
+                f"Asked for {size} examples ({need} of class {class_names(ds)[label]!r}), but the split has {have} of that "
+                f"class. Use a size of at most {len(ds)}, or None for all."
             )
-        chosen.append(rng.choice(pool, size=want, replace=False))
+        chosen.append(rng.choice(np.flatnonzero(labels == label), size=need, replace=False))
     return ds.select(rng.permutation(np.concatenate(chosen)))
 
 
-def prepare_splits(cfg: Config, imdb: DatasetDict) -> DatasetDict:
-    """Train, validation (carved from train) and test subsets as the config asks."""
-    train_pool = take_balanced_subset(imdb["train"], None if cfg.train_size is None else cfg.train_size + cfg.val_size, cfg.seed)
-    val = train_pool.select(range(cfg.val_size))
-    train = train_pool.select(range(cfg.val_size, len(train_pool)))
-    test = take_balanced_subset(imdb["test"], cfg.test_size, cfg.seed)
+def prepare_splits(cfg: Config, raw: DatasetDict) -> DatasetDict:
+    """Train, validation (the data's own, else carved from train) and test subsets as the config asks.
+
+    A size at least as large as its split takes all of it (and says so): a small dataset of your own runs
+    on a profile sized for IMDB.
+    """
+    if "validation" in raw:
+        val = take_stratified_subset(raw["validation"], within(cfg.val_size, raw["validation"], "val_size"), cfg.seed)
+        train = take_stratified_subset(raw["train"], within(cfg.train_size, raw["train"], "train_size"), cfg.seed)
+    else:
+        size = None if cfg.train_size is None else cfg.train_size + cfg.val_size
+        pool = take_stratified_subset(raw["train"], within(size, raw["train"], "train_size + val_size"), cfg.seed)
+        if cfg.val_size >= len(pool):
+            raise ValueError(f"val_size={cfg.val_size} leaves none of the {len(pool)} training examples to train on: lower it.")
+        val, train = pool.select(range(cfg.val_size)), pool.select(range(cfg.val_size, len(pool)))
+    test = take_stratified_subset(raw["test"], within(cfg.test_size, raw["test"], "test_size"), cfg.seed)
     return DatasetDict(train=train, validation=val, test=test)
+
+
+def within(size: int | None, split: Dataset, name: str) -> int | None:
+    """`size`, or None (the whole split) when the split holds no more than that."""
+    if size is not None and size >= len(split):
+        print(f"{name}={size}, but the split holds {len(split)} examples: taking all of them.")
+        return None
+    return size
 
 
 def strip_markup(texts: list[str]) -> list[str]:
@@ -180,6 +245,7 @@ def truncation_stats(ds: Dataset, max_length: int) -> dict:
 
 
 def label_balance(ds: Dataset) -> dict[str, int]:
-    """Reviews per label name."""
-    counts = np.bincount(np.asarray(ds["label"]), minlength=2)
-    return {name: int(count) for name, count in zip(LABEL_NAMES, counts, strict=True)}
+    """Examples per class name."""
+    names = class_names(ds)
+    counts = np.bincount(np.asarray(ds["label"]), minlength=len(names))
+    return {name: int(count) for name, count in zip(names, counts, strict=True)}

@@ -7,7 +7,6 @@ length order: little padding) and saved; `train.train_head_on_features` trains t
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from peft_sentiment.config import Config
 from peft_sentiment.hardware import autocast, resolve_precision
+from peft_sentiment.recording import atomic_path
 
 
 def length_order(lengths, longest_first: bool = False) -> np.ndarray:
@@ -37,6 +37,8 @@ def length_order(lengths, longest_first: bool = False) -> np.ndarray:
 
 class FeatureHead(nn.Module):
     """The classifier's own `score` layer, applied to cached features: what it sees inside the model."""
+
+    main_input_name = "features"  # what the Trainer looks for in a batch
 
     def __init__(self, score: nn.Linear):
         super().__init__()
@@ -97,10 +99,8 @@ def cached_features(
         except Exception as err:  # a damaged file (safetensors' own error type): computed again below
             warnings.warn(f"Cached features {path} are unreadable ({err}); computing them again.", stacklevel=2)
     features, tokens = extract_features(model, dataset, tokenizer, batch_size, precision)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: DDP ranks write the same features
-    save_file({"features": features.contiguous()}, str(tmp), metadata=key | {"tokens": json.dumps(tokens)})
-    tmp.replace(path)  # atomic: a crash mid-write leaves no half file to reuse
+    with atomic_path(path) as tmp:  # a crash mid-write leaves no half file to reuse
+        save_file({"features": features.contiguous()}, str(tmp), metadata=key | {"tokens": json.dumps(tokens)})
     return features, tokens
 
 
@@ -109,9 +109,8 @@ def feature_dataset(features: torch.Tensor, labels) -> Dataset:
     return Dataset.from_dict({"features": features.numpy(), "labels": list(labels)}).with_format("torch")
 
 
-def split_features(cfg: Config, model, tokenizer, splits, names, resume: bool) -> tuple[dict, dict, dict]:
-    """The frozen model's features of each split in `names` (cached in cfg.work_dir), their tokens and seconds."""
-    folder = Path(cfg.work_dir) / "head_only"
+def split_features(cfg: Config, model, tokenizer, splits, names, resume: bool, folder: Path) -> tuple[dict, dict, dict]:
+    """The frozen model's features of each split in `names` (cached in `folder`), their tokens and seconds."""
     features, tokens, seconds = {}, {}, {}
     precision = resolve_precision(cfg.precision)
     for name in names:

@@ -8,6 +8,7 @@ them. Everything that depends on those features reads them here, so a test can f
 from __future__ import annotations
 
 import logging
+import os
 import platform
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +43,18 @@ def cpu_name() -> str:
     return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
+def on_gpu() -> bool:
+    """True when a CUDA GPU is visible: the one place the package asks."""
+    return torch.cuda.is_available()
+
+
+def device_info() -> dict:
+    """What ran the work, for records: GPU name and count, or CPU model, cores and the features that pick kernels."""
+    if on_gpu():
+        return {"type": "cuda", "name": torch.cuda.get_device_name(), "count": torch.cuda.device_count()}
+    return {"type": "cpu", "name": cpu_name(), "cores": os.cpu_count(), "features": cpu_features()}
+
+
 def cpu_has_native_bf16() -> bool:
     """True on CPUs with bf16 matmul instructions (AVX512-BF16 or AMX), where bf16 beats fp32."""
     return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
@@ -53,7 +66,7 @@ def resolve_precision(precision: str = "auto") -> str:
         raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}.")
     if precision != "auto":
         return precision
-    if torch.cuda.is_available():
+    if on_gpu():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
@@ -75,7 +88,7 @@ def describe_precision(precision: str) -> str:
     chosen = resolve_precision(precision)
     if precision != "auto":
         return f"precision {chosen} (set in the config)"
-    if torch.cuda.is_available():
+    if on_gpu():
         why = f"{torch.cuda.get_device_name()} {'has' if chosen == 'bf16' else 'lacks'} bf16"
     else:
         present = [f for f in NATIVE_BF16_FLAGS if f in cpu_flags()]

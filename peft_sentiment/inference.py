@@ -1,68 +1,61 @@
-"""Save trained adapters (atomically, with a model card), load them back safely, classify reviews."""
+"""Save trained adapters and models (atomically, with a model card), load them back safely, classify texts."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from peft import PeftModel
 from safetensors import safe_open
 from tqdm import tqdm  # text bars: they read the same in Jupyter, nbconvert and on GitHub (no widgets)
-from transformers import BitsAndBytesConfig, DataCollatorWithPadding
+from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig, DataCollatorWithPadding
 
 from peft_sentiment.catalog import WEIGHTS_SOURCE, architecture_of, hub_base_model, load_tokenizer, resolve_model
-from peft_sentiment.data import LABEL_NAMES, encode_reviews, strip_markup
+from peft_sentiment.config import IMDB
+from peft_sentiment.data import encode_reviews, strip_markup
 from peft_sentiment.hardware import autocast, resolve_precision
 from peft_sentiment.models import NF4_EMBEDDING_DTYPE, load_classifier
-from peft_sentiment.recording import VARIANT_LABELS
+from peft_sentiment.recording import atomic_path
 
-META_FILE = "peft_sentiment.json"  # what the adapter was trained on, so it is loaded on the same base
-REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors", META_FILE)
+META_FILE = "peft_sentiment.json"  # what the model was trained on, so that it is loaded and fed as in training
+# an adapter folder (peft) or a whole model's (transformers), each with the metadata
+KINDS = {"adapter": ("adapter_config.json", "adapter_model.safetensors"), "model": ("config.json", "model.safetensors")}
 
 
-def save_adapter(model, tokenizer, out_dir: str, meta: dict, record: dict | None = None) -> Path:
-    """Save `model`'s adapter (head included), tokenizer, metadata and card to `out_dir`, atomically.
+def save_trained(model, tokenizer, out_dir: str, meta: dict, record: dict | None = None) -> Path:
+    """Save `model` (its adapter and head, or, without an adapter, the whole model), tokenizer, metadata and card.
 
-    Written to a temporary folder beside `out_dir` and swapped in by rename, so a crash mid-save
-    leaves the previous adapter intact.
+    Written to a temporary folder and swapped in by rename: a crash mid-save leaves the previous one intact.
     """
-    target = Path(out_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for adapter_config in model.peft_config.values():  # peft would write the local path it loaded from
-        adapter_config.base_model_name_or_path = meta["hub_base_model"]
-    # The vocabulary is never resized (the pad token is EOS), so no embedding rows to save; peft's "auto" would
-    # look the Hub base's config up to decide, and warn on every offline save.
-    model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
-    tokenizer.save_pretrained(tmp)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
-    (tmp / "README.md").write_text(model_card(meta, record))
-    return swap_in(tmp, target)
+    with atomic_path(out_dir) as tmp:
+        if isinstance(model, PeftModel):
+            for adapter_config in model.peft_config.values():  # peft would write the local path it loaded from
+                adapter_config.base_model_name_or_path = meta["hub_base_model"]
+            base = model.get_base_model()  # peft's card names the base (metadata and tags) by these, a local path here
+            base.name_or_path = base.config.name_or_path = meta["hub_base_model"]
+            # The vocabulary is never resized (the pad token is EOS), so no embedding rows to save; peft's "auto" would
+            # look the Hub base's config up to decide, and warn on every offline save.
+            model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)  # writes peft's card too
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        card = tmp / "README.md"
+        card.write_text((card.read_text().rstrip() + "\n" if card.is_file() else "") + model_card_section(meta, record))
+    return Path(out_dir)
 
 
-def swap_in(tmp: Path, target: Path) -> Path:
-    """Replace the folder `target` by the finished folder `tmp` with renames: never half of either."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.replace(old)
-    tmp.replace(target)
-    shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def adapter_meta(cfg, variant: str, model_path: str, bnb_config: BitsAndBytesConfig | None) -> dict:
-    """What `load_adapter` needs to rebuild the base model exactly as it was trained (no machine paths)."""
+def trained_meta(cfg, variant, model_path: str, labels, bnb_config: BitsAndBytesConfig | None) -> dict:
+    """What `load_adapter` needs to rebuild the model exactly as it was trained (no machine paths)."""
     return {
-        "variant": variant,
+        "variant": variant.name,
         "base_model": cfg.model_name,
         "hub_base_model": hub_base_model(cfg.model_name, model_path),
         "base_architecture": architecture_of(model_path),
-        "num_labels": len(LABEL_NAMES),
-        "labels": list(LABEL_NAMES),
+        "dataset": cfg.dataset if not Path(cfg.dataset).is_absolute() else Path(cfg.dataset).name,
+        "num_labels": len(labels),
+        "labels": list(labels),
         "max_length": cfg.max_length,
         "prompt_suffix": cfg.prompt_suffix,
         "truncation": cfg.truncation,
@@ -75,78 +68,61 @@ def adapter_meta(cfg, variant: str, model_path: str, bnb_config: BitsAndBytesCon
     }
 
 
-def model_card(meta: dict, record: dict | None) -> str:
-    """A short Hugging Face model card: base model, data, profile, metrics, how to load (one template, read top to bottom)."""
-    variant = VARIANT_LABELS.get(meta["variant"], meta["variant"])
-    hub_id = meta["hub_base_model"]
-    base = meta["base_model"] if Path(hub_id).is_absolute() else hub_id  # a card names no machine's folder
+def model_card_section(meta: dict, record: dict | None) -> str:
+    """This project's part of the model card (after peft's, for an adapter): data, settings, metrics, how to load."""
+    base = meta["hub_base_model"] if not Path(meta["hub_base_model"]).is_absolute() else meta["base_model"]
     source = WEIGHTS_SOURCE.get(meta["base_model"])
+    quantized = "NF4 (bitsandbytes 4-bit, double quantization)" if meta["quantization"] else "none (fp32)"
     lines = [
-        "---",
-        "library_name: peft",
-        f"base_model: {base}",
-        "pipeline_tag: text-classification",
-        "datasets: [stanfordnlp/imdb]",
-        "tags: [lora, sentiment, imdb]",
-        "---",
-        f"# {variant} adapter for IMDB sentiment on `{meta['base_model']}`",
         "",
-        f"- Base model: `{base}`" + (f", project short name `{meta['base_model']}`" if meta["base_model"] != base else ""),
+        f"## peft_sentiment: `{meta['variant']}` on `{base}`, {meta.get('dataset', IMDB)}",
+        "",
         *([f"- Base weights: {source}"] if source else []),
-        f"- Profile: `{meta['profile']}`, max length {meta['max_length']} tokens, labels {meta['labels']}",
-        f"- Quantization of the base: {'NF4 (bitsandbytes 4-bit, double quantization)' if meta['quantization'] else 'none (fp32)'}; "
-        f"trained in {meta.get('precision', 'fp32')}",
+        f"- Profile `{meta['profile']}`, max length {meta['max_length']} tokens, classes {meta['labels']}",
+        f"- Quantization of the base: {quantized}; trained in {meta.get('precision', 'fp32')}",
     ]
     if record:
         cfg, m = record["config"], record["metrics"]
         low, high = m["accuracy_ci95"]
         lines += [
-            f"- Data: IMDB from {cfg['data_dir'] or 'the Hub'}; train {cfg['train_size'] or 'all'}, "
-            f"validation {cfg['val_size']}, test {m['test_reviews']} reviews (seed {cfg['seed']})",
-            f"- LoRA: r={cfg['lora_r']}, alpha={cfg['lora_alpha']}, dropout={cfg['lora_dropout']}; "
-            f"{record['params']['trainable']:,} trainable of {record['params']['total']:,} parameters",
-            "",
-            "| metric | test |",
-            "|---|---|",
-            f"| accuracy | {m['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}) |",
-            f"| F1 | {m['f1']:.4f} |",
-            f"| ROC-AUC | {m['roc_auc']:.4f} |",
-            "",
-            f"Trained in {record['train_seconds']:.0f} s on {record['device']['name']} ({record['created']}).",
+            f"- Data: train {cfg['train_size'] or 'all'}, validation {cfg['val_size']}, test {m['test_reviews']} (seed {cfg['seed']})",
+            f"- {record['params']['trainable']:,} trainable of {record['params']['total']:,} parameters; "
+            f"test accuracy {m['accuracy']:.4f} (95% CI {low:.4f}-{high:.4f}), macro F1 {m['f1_macro']:.4f}",
+            f"- Trained in {record['train_seconds']:.0f} s on {record['device']['name']} ({record['created']})"
+            + (f"; reproduce: `{record['command']}`" if record.get("command") else ""),
         ]
-        if record.get("command"):
-            lines += ["", f"Reproduce: `{record['command']}`"]
     lines += [
         "",
-        "Load it with `peft_sentiment.inference.load_adapter(folder)` (it encodes reviews as training did), or with "
-        "`peft.AutoPeftModelForSequenceClassification.from_pretrained(folder)` where the base model resolves.",
+        "Load it with `peft_sentiment.inference.load_adapter(folder)` (it encodes texts as training did).",
         "",
     ]
     return "\n".join(lines)
 
 
 def check_adapter_dir(adapter_dir: str) -> dict:
-    """The adapter's metadata, or a clear error when the folder is missing files or unsafe."""
+    """The saved adapter's or model's metadata, or a clear error when the folder is missing files or unsafe."""
     folder = Path(adapter_dir)
     if not folder.is_dir():
-        raise FileNotFoundError(f"Adapter folder {folder} does not exist. Train a LoRA variant first, or check the path.")
-    if (folder / "adapter_model.bin").exists() and not (folder / "adapter_model.safetensors").exists():
-        raise ValueError(
-            f"{folder} holds only adapter_model.bin, a pickle that can run arbitrary code when loaded. "
-            "Re-save it as safetensors (model.save_pretrained(..., safe_serialization=True))."
-        )
-    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
-    if missing:
         raise FileNotFoundError(
-            f"{folder} is not a complete adapter folder: it lacks {missing}. Save it again with save_adapter."
+            f"Folder {folder} does not exist. Train a variant that saves (LoRA, ...) first, or check the path."
         )
+    for _, weights in KINDS.values():
+        if (folder / weights.replace(".safetensors", ".bin")).exists() and not (folder / weights).exists():
+            raise ValueError(
+                f"{folder} holds only {weights.replace('.safetensors', '.bin')}, a pickle that can run arbitrary code when "
+                "loaded. Re-save it as safetensors (model.save_pretrained(..., safe_serialization=True))."
+            )
+    kind = "adapter" if (folder / "adapter_config.json").is_file() else "model"
+    missing = [name for name in (*KINDS[kind], META_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} is not a complete saved {kind}: it lacks {missing}. Save it again (save_trained).")
     parsed = {}
-    for name in ("adapter_config.json", META_FILE):
+    for name in (KINDS[kind][0], META_FILE):
         try:
             parsed[name] = json.loads((folder / name).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{folder / name} is corrupt ({err}). Copy or save the adapter again.") from err
-    weights = folder / "adapter_model.safetensors"
+    weights = folder / KINDS[kind][1]
     try:
         with safe_open(str(weights), framework="pt") as stored:  # reads the header and checks it against the file's size
             stored.keys()
@@ -154,11 +130,13 @@ def check_adapter_dir(adapter_dir: str) -> dict:
         raise ValueError(
             f"{weights} is not a readable safetensors file ({err}): it is truncated or corrupt. Copy or save the adapter again."
         ) from err
-    return parsed[META_FILE]
+    return parsed[META_FILE] | {"kind": kind}
 
 
 def load_adapter(adapter_dir: str, model_path: str | None = None, quantized: bool = True, cpu_inference_kernel: bool = False):
     """The base model with the adapter at `adapter_dir` applied (quantized again if it was), and its tokenizer.
+
+    A whole model's folder (full fine-tuning) is loaded as it is, by `AutoModelForSequenceClassification`.
 
     `quantized=False` loads an NF4 adapter's base in fp32 (for merging). By default the model computes
     as it did in training, so it reproduces its record; `cpu_inference_kernel=True` lets an NF4 base use
@@ -166,6 +144,9 @@ def load_adapter(adapter_dir: str, model_path: str | None = None, quantized: boo
     within ~0.025; `models.nf4_kernel` says which ran). The model must not be trained then.
     """
     meta = check_adapter_dir(adapter_dir)
+    if meta["kind"] == "model":
+        model = AutoModelForSequenceClassification.from_pretrained(adapter_dir, dtype=torch.float32, use_safetensors=True)
+        return model.eval(), load_tokenizer(adapter_dir)
     if model_path is None:  # a model built here (tiny-gpt2: from its reviews) by its folder, else the name resolved here
         local = meta.get("hub_base_model")
         model_path = local if local and Path(local).is_dir() else resolve_model(meta["base_model"])
@@ -173,18 +154,14 @@ def load_adapter(adapter_dir: str, model_path: str | None = None, quantized: boo
     tokenizer = load_tokenizer(adapter_dir)
     bnb_config = BitsAndBytesConfig.from_dict(meta["quantization"]) if meta["quantization"] and quantized else None
     embedding_dtype = meta.get("embedding_dtype") if bnb_config else None
-    base = load_classifier(model_path, tokenizer.pad_token_id, bnb_config, embedding_dtype, cpu_inference_kernel)
+    base = load_classifier(model_path, tokenizer.pad_token_id, meta["labels"], bnb_config, embedding_dtype, cpu_inference_kernel)
     model = PeftModel.from_pretrained(base, adapter_dir)  # reads adapter_model.safetensors only
     model.eval()
     return model, tokenizer
 
 
 def check_adapter_base(meta: dict, model_path: str, adapter_dir) -> None:
-    """Refuse a base model the adapter was not trained on, or a label count this project does not use."""
-    if meta.get("num_labels") != len(LABEL_NAMES):
-        raise ValueError(
-            f"{adapter_dir} was trained for {meta.get('num_labels')} labels; this project classifies {len(LABEL_NAMES)} ({LABEL_NAMES})."
-        )
+    """Refuse a base model the adapter was not trained on."""
     expected, found = meta.get("base_architecture"), architecture_of(model_path)
     if expected and expected != found:
         raise ValueError(
@@ -202,15 +179,16 @@ def merge_adapter(adapter_dir: str, out_dir: str, model_path: str | None = None)
     The folder holds safetensors weights, the tokenizer and peft_sentiment.json (how to encode reviews).
     """
     meta = check_adapter_dir(adapter_dir)
+    if meta["kind"] == "model":
+        raise ValueError(f"{adapter_dir} is a whole model already (nothing to merge): load it with transformers directly.")
     model, tokenizer = load_adapter(adapter_dir, model_path, quantized=False)
     merged = model.merge_and_unload()
-    target = Path(out_dir)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    (tmp / META_FILE).write_text(json.dumps(meta | {"merged_from": str(adapter_dir), "quantization": None}, indent=1))
-    return swap_in(tmp, target)
+    with atomic_path(out_dir) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        meta = meta | {"merged_from": str(adapter_dir), "quantization": None, "kind": "model"}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+    return Path(out_dir)
 
 
 def make_pipeline(model_dir: str):
@@ -259,11 +237,12 @@ def predict_reviews(
     head_share: float = 0.25,
     precision: str = "fp32",
 ) -> list[dict]:
-    """Label and probability of the predicted label for each text, in input order, encoded and computed as in
+    """Predicted class, its probability and every class's for each text, in input order, encoded and computed as in
     training (`encoding`): `precision` "bf16" or "fp16" runs under the Trainer's autocast."""
     if isinstance(texts, str):
         texts = [texts]
     device = next(model.parameters()).device
+    names = model.config.id2label
     collator = DataCollatorWithPadding(tokenizer)
     results = []
     for start in tqdm(range(0, len(texts), batch_size), desc="Classifying", unit="batch", disable=not progress):
@@ -273,13 +252,7 @@ def predict_reviews(
         batch = collator([{"input_ids": row, "attention_mask": [1] * len(row)} for row in ids])
         with autocast(precision, device.type):
             logits = model(**batch.to(device)).logits
-        probs = torch.softmax(logits.float(), dim=-1)
-        for row in probs.tolist():
-            label = int(row[1] > row[0])
-            results.append({"label": LABEL_NAMES[label], "probability": row[label]})
+        for row in torch.softmax(logits.float(), dim=-1).tolist():
+            label = max(range(len(row)), key=row.__getitem__)  # the first of equal maxima, as argmax
+            results.append({"label": names[label], "probability": row[label], "probabilities": row})
     return results
-
-
-def pos_probabilities(predictions: list[dict]) -> list[float]:
-    """P(pos) of each `predict_reviews` result (which gives the probability of the predicted label)."""
-    return [o["probability"] if o["label"] == "pos" else 1 - o["probability"] for o in predictions]

@@ -1,9 +1,9 @@
-"""Build the three variants with one shared signature: the classifier, LoRA and NF4 settings, the 4-bit kernel guard."""
+"""Build a variant's model (`build_model`: the Hugging Face calls in peft's documented order), the LoRA and NF4
+settings it reads from the config, and the guards around bitsandbytes' 4-bit layers."""
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import warnings
 
@@ -16,16 +16,14 @@ from transformers import (
     set_seed,
 )
 
-from peft_sentiment.config import Config, check_variant
-from peft_sentiment.data import LABEL_NAMES
+from peft_sentiment.config import Config
+from peft_sentiment.hardware import on_gpu
 
 # GPT-2's "gelu_new" is the tanh GELU written as eight elementwise ops, each a pass over the MLP's
 # widest activations that autograd keeps for backward; torch's fused kernel computes the same function
 # (within 5e-7 in fp32; tests/test_models.py) in one pass and keeps only its input.
 FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
-NF4_EMBEDDING_DTYPE = "bfloat16"  # what the NF4 variant stores its embedding tables in (store_embeddings_16bit)
-ID2LABEL = dict(enumerate(LABEL_NAMES))
-LABEL2ID = {name: i for i, name in ID2LABEL.items()}
+NF4_EMBEDDING_DTYPE = "bfloat16"  # what a quantized model stores its embedding tables in (store_embeddings_16bit)
 
 
 def make_lora_config(cfg: Config, model_path: str) -> LoraConfig:
@@ -53,24 +51,25 @@ def adapted_module_names(model) -> list[str]:
     return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")))
 
 
-def make_bnb_config(cfg: Config) -> BitsAndBytesConfig:
+def make_nf4_config(cfg: Config) -> BitsAndBytesConfig:
     """4-bit NF4 with double quantization and the profile's compute dtype."""
     return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=getattr(torch, cfg.nf4_compute_dtype),
+        load_in_4bit=True,  # every linear layer below the head quantized while loading
+        bnb_4bit_quant_type="nf4",  # 16 levels placed at normal quantiles: weights are roughly normal
+        bnb_4bit_use_double_quant=True,  # quantize the per-block scales too (~0.4 bit per weight saved)
+        bnb_4bit_compute_dtype=getattr(torch, cfg.nf4_compute_dtype),  # matmuls de-quantize to this dtype
     )
 
 
 def load_classifier(
     model_path: str,
     pad_token_id: int,
+    labels,
     bnb_config: BitsAndBytesConfig | None = None,
     embedding_dtype: str | None = None,
     cpu_inference_kernel: bool = False,
 ):
-    """A two-label sequence classifier on `model_path`, in fp32 or quantized by `bnb_config`.
+    """A sequence classifier for the class names `labels` on `model_path`, in fp32 or quantized by `bnb_config`.
 
     `embedding_dtype` ("bfloat16") stores the embedding tables in 16 bits (see `store_embeddings_16bit`).
     `cpu_inference_kernel` lets bitsandbytes use its packed bf16 CPU kernel (see `allow_cpu_inference_kernel`):
@@ -80,20 +79,20 @@ def load_classifier(
     activation = getattr(AutoConfig.from_pretrained(model_path), "activation_function", None)
     if activation in FUSED_ACTIVATIONS:
         kwargs["activation_function"] = FUSED_ACTIVATIONS[activation]  # same function, fused (see FUSED_ACTIVATIONS)
-    if bnb_config is not None:
-        check_bitsandbytes()
-        if torch.cuda.is_available():  # each process quantizes onto its own GPU (DDP-safe, unlike "auto")
-            kwargs["device_map"] = {"": torch.cuda.current_device()}
+    if bnb_config is not None and on_gpu():  # each process quantizes onto its own GPU (DDP-safe, unlike "auto")
+        kwargs["device_map"] = {"": torch.cuda.current_device()}
     with quiet_load_report():
         model, loading = AutoModelForSequenceClassification.from_pretrained(
             model_path,
-            num_labels=len(LABEL_NAMES),
-            id2label=ID2LABEL,
-            label2id=LABEL2ID,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
             dtype=torch.float32,
             quantization_config=bnb_config,
             use_safetensors=True,  # never unpickle downloaded weights
             output_loading_info=True,
+            # a checkpoint with a head for another number of classes (tiny-gpt2's has 2): that head starts afresh
+            ignore_mismatched_sizes=True,
             **kwargs,
         )
     warn_unexpected_loading(loading, model_path)
@@ -135,7 +134,7 @@ def warn_unexpected_loading(loading: dict, model_path: str) -> None:
     problems = {
         "missing": [k for k in loading.get("missing_keys", ()) if not k.startswith(CLASSIFIER_HEADS)],
         "unexpected": list(loading.get("unexpected_keys", ())),
-        "mismatched": [str(k) for k in loading.get("mismatched_keys", ())],
+        "mismatched": [str(k) for k in loading.get("mismatched_keys", ()) if not str(k[0]).startswith(CLASSIFIER_HEADS)],
     }
     problems = {kind: keys for kind, keys in problems.items() if keys}
     if problems:
@@ -189,11 +188,9 @@ def allow_cpu_inference_kernel(model, allowed: bool) -> int:
 
 
 def layers_4bit(model) -> list:
-    """The bitsandbytes 4-bit layers of `model` (peft's wrappers, which share the name, excluded); none without bitsandbytes."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return []
+    """The bitsandbytes 4-bit layers of `model` (peft's wrappers, which share the name, excluded)."""
+    import bitsandbytes as bnb
+
     return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
 
 
@@ -208,7 +205,7 @@ def check_trainable(model) -> None:
     if packed:
         raise RuntimeError(
             f"{packed} 4-bit layers of this model were packed for CPU inference and cannot be trained "
-            "(bitsandbytes' packed kernel has no backward). Build the model for training with models.BUILDERS, or "
+            "(bitsandbytes' packed kernel has no backward). Build the model for training with models.build_model, or "
             "load it with load_classifier(..., cpu_inference_kernel=False)."
         )
 
@@ -240,60 +237,41 @@ def store_embeddings_16bit(model, dtype: torch.dtype = torch.bfloat16) -> int:
     return saved
 
 
-def check_bitsandbytes() -> None:
-    """Raise a clear error when bitsandbytes 4-bit cannot run here."""
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as err:
-        raise RuntimeError(
-            "NF4 needs bitsandbytes: `pip install bitsandbytes` (recent releases run on CPU and CUDA GPUs)."
-        ) from err
+def build_model(cfg: Config, variant, model_path: str, tokenizer, labels):
+    """The model `variant` (a `variants.Variant`) trains: loaded, quantized and wrapped as its declaration says.
 
-
-def build_head_only_model(model_path: str, *, pad_token_id: int, lora_config=None, bnb_config=None):
-    """The pretrained model frozen; only the classification head (`score`) trains."""
-    model = load_classifier(model_path, pad_token_id)
-    model.requires_grad_(False)
-    model.score.requires_grad_(True)
+    The calls and their order are peft's documented QLoRA recipe; a variant without quantization or
+    LoRA skips those steps. Seeded first, so that every variant's head (and LoRA) starts the same.
+    """
+    set_seed(cfg.seed)
+    bnb_config = variant.quantization(cfg) if variant.quantization else None  # BitsAndBytesConfig (NF4) or None
+    model = load_classifier(model_path, tokenizer.pad_token_id, labels, bnb_config)
+    if bnb_config is not None:
+        # casts the 16-bit rest to fp32 for stable training and, here, turns on gradient checkpointing
+        # (non-reentrant: it needs no input-grad hook and works with frozen inputs)
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=variant.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+        store_embeddings_16bit(model, getattr(torch, NF4_EMBEDDING_DTYPE))  # frozen lookups: 16 bits are enough
+    elif variant.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if variant.peft_config:  # LoraConfig (task_type SEQ_CLS: the head trains in full and is saved with the adapter)
+        model = get_peft_model(model, variant.peft_config(cfg, model_path))
+        keep_existing_modules_to_save(model)
+        return model
+    model.requires_grad_(variant.trains == "all")
+    model.score.requires_grad_(True)  # the new head always trains
     return model
 
 
-def build_lora_model(model_path: str, *, pad_token_id: int, lora_config: LoraConfig, bnb_config=None):
-    """LoRA adapters on the fp32 model; the head trains in full and is saved with the adapter."""
-    model = load_classifier(model_path, pad_token_id)
-    return get_peft_model(model, copy.deepcopy(lora_config))  # peft adds the head to the config it is given
-
-
-def build_nf4_lora_model(model_path: str, *, pad_token_id: int, lora_config: LoraConfig, bnb_config: BitsAndBytesConfig):
-    """QLoRA: the model quantized to NF4, gradient checkpointing on, LoRA on top (peft's documented order).
-
-    prepare_model_for_kbit_training casts every 16-bit parameter to fp32 for stable training; the
-    embeddings are frozen lookups that need no such care, so they go back to 16 bits afterwards.
-    """
-    model = load_classifier(model_path, pad_token_id, bnb_config)
-    # use_reentrant=False: the non-reentrant checkpoint needs no input-grad hack and works with frozen inputs.
-    model = prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
-    )
-    store_embeddings_16bit(model, getattr(torch, NF4_EMBEDDING_DTYPE))
-    return get_peft_model(model, copy.deepcopy(lora_config))
-
-
-BUILDERS = {"head_only": build_head_only_model, "lora": build_lora_model, "nf4_lora": build_nf4_lora_model}
-
-
-def build_variant(variant: str, model_path: str, tokenizer, *, seed: int, lora_config=None, bnb_config=None):
-    """The model of `variant`, built after seeding so that the head and LoRA weights start the same."""
-    set_seed(seed)
-    return BUILDERS[check_variant(variant)](
-        model_path, pad_token_id=tokenizer.pad_token_id, lora_config=lora_config, bnb_config=bnb_config
-    )
-
-
-def build_configured_variant(cfg: Config, variant: str, model_path: str, tokenizer):
-    """`build_variant` with the seed and the LoRA and NF4 settings of `cfg`."""
-    lora_config, bnb_config = make_lora_config(cfg, model_path), make_bnb_config(cfg)
-    return build_variant(variant, model_path, tokenizer, seed=cfg.seed, lora_config=lora_config, bnb_config=bnb_config)
+def keep_existing_modules_to_save(model) -> list[str]:
+    """Drop from the adapter config the head names this model does not have (peft lists `classifier` and `score`)."""
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    for config in model.peft_config.values():
+        config.modules_to_save = [m for m in config.modules_to_save or [] if m in names]
+    return config.modules_to_save
 
 
 def count_parameters(model) -> dict[str, int]:

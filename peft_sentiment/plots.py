@@ -1,35 +1,12 @@
-"""Figures drawn from the records: accuracy against cost, learning curves, errors, ROC, calibration, validation curves."""
+"""Figures drawn from the records: accuracy against cost, learning curves, errors, ROC, calibration."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from peft_sentiment.metrics import expected_calibration_error, reliability
-from peft_sentiment.recording import VARIANT_LABELS
+from peft_sentiment.metrics import class_probabilities, expected_calibration_error, predicted_labels, reliability
 from peft_sentiment.report import recorded_test_split
-
-
-def plot_comparison(records: list[dict]):
-    """Accuracy (with 95% interval) next to training time and peak memory, one bar per variant."""
-    import matplotlib.pyplot as plt
-
-    names = [VARIANT_LABELS.get(r["variant"], r["variant"]) for r in records]
-    acc = [r["metrics"]["accuracy"] for r in records]
-    err = [
-        [a - r["metrics"]["accuracy_ci95"][0] for a, r in zip(acc, records, strict=True)],
-        [r["metrics"]["accuracy_ci95"][1] - a for a, r in zip(acc, records, strict=False)],
-    ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    axes[0].bar(names, acc, yerr=err, capsize=4, color="tab:blue")
-    axes[0].set(title="Test accuracy (95% CI)", ylim=(0, 1))
-    axes[1].bar(names, [r["train_seconds"] for r in records], color="tab:orange")
-    axes[1].set(title="Training time", ylabel="seconds")
-    axes[2].bar(names, [r["peak_memory_bytes"]["train"] / 1e6 for r in records], color="tab:green")
-    kind = "GPU allocated" if records and records[0]["device"]["type"] == "cuda" else "process RSS"
-    axes[2].set(title=f"Peak training memory ({kind})", ylabel="MB")
-    fig.suptitle(f"profile {records[0]['profile']} on {records[0]['device']['name']}" if records else "no records")
-    fig.tight_layout()
-    return fig
+from peft_sentiment.variants import label_of
 
 
 def plot_token_lengths(n_tokens, max_length: int):
@@ -54,7 +31,7 @@ def plot_learning_curves(records: list[dict]):
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.5))
     for r in records:
-        label = VARIANT_LABELS.get(r["variant"], r["variant"])
+        label = label_of(r["variant"])
         history = r["log_history"]
         last = max((e["step"] for e in history if "step" in e), default=1) or 1
         losses = [(e["step"] / last, e["loss"]) for e in history if "loss" in e]
@@ -79,7 +56,7 @@ def plot_accuracy_vs_cost(records: list[dict], baselines: list[dict] = ()):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for r in records:
-        label = VARIANT_LABELS.get(r["variant"], r["variant"])
+        label = label_of(r["variant"])
         acc = r["metrics"]["accuracy"]
         low, high = r["metrics"]["accuracy_ci95"]
         for ax, x in zip(axes, (r["train_seconds"], r["peak_memory_bytes"]["train"] / 1e6), strict=True):
@@ -100,7 +77,7 @@ def plot_accuracy_vs_cost(records: list[dict], baselines: list[dict] = ()):
 
 
 def plot_analysis(records: list[dict], length_bins: int = 5):
-    """Confusion matrices, ROC curves, accuracy by review length, and reliability diagrams with ECE."""
+    """Confusion matrices, ROC curves (two classes only: ROC ranks by one score), accuracy by length, reliability with ECE."""
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
@@ -110,29 +87,32 @@ def plot_analysis(records: list[dict], length_bins: int = 5):
         labels, p, _ = recorded_test_split(r)
         ax = fig.add_subplot(grid[0, i])
         ConfusionMatrixDisplay.from_predictions(
-            labels, (p > 0.5).astype(int), display_labels=["neg", "pos"], cmap="Blues", colorbar=False, ax=ax
-        )
-        ax.set_title(f"{VARIANT_LABELS.get(r['variant'], r['variant'])}: confusion")
+            labels, predicted_labels(p), labels=range(len(r["labels"])), display_labels=r["labels"], cmap="Blues",
+            colorbar=False, ax=ax,
+        )  # fmt: skip
+        ax.set_title(f"{label_of(r['variant'])}: confusion")
     roc, by_length, calibration = (fig.add_subplot(grid[1, k]) for k in range(3))
     all_tokens = np.concatenate([recorded_test_split(r)[2] for r in records])
     edges = np.unique(np.quantile(all_tokens, np.linspace(0, 1, length_bins + 1)))
     for r in records:
         labels, p, n_tokens = recorded_test_split(r)
-        name = VARIANT_LABELS.get(r["variant"], r["variant"])
-        RocCurveDisplay.from_predictions(labels, p, name=name, ax=roc)
+        name = label_of(r["variant"])
+        if class_probabilities(p).shape[1] == 2:
+            RocCurveDisplay.from_predictions(labels, class_probabilities(p)[:, 1], name=name, ax=roc)
         by_length.plot(*accuracy_by_length(labels, p, n_tokens, edges), marker="o", label=name)
-        # scikit-learn's CalibrationDisplay bins P(pos) over [0, 1]; ECE bins the predicted label's confidence
+        # scikit-learn's CalibrationDisplay bins P(class 1) over [0, 1]; ECE bins the predicted class's confidence
         rel = reliability(labels, p)
         used = rel["count"] > 0
         ece = expected_calibration_error(labels, p)
         calibration.plot(rel["confidence"][used], rel["accuracy"][used], marker="o", label=f"{name} (ECE {ece:.3f})")
-    roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    roc.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance" if roc.lines else "more than two classes: no ROC")
     roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     max_length = records[0]["config"]["max_length"]
     by_length.axvline(max_length, color="red", linestyle="--", label=f"max_length {max_length}")
-    by_length.set(xlabel="review length in tokens (bin median)", ylabel="accuracy",
+    by_length.set(xlabel="text length in tokens (bin median)", ylabel="accuracy",
                   title=f"accuracy by length ({len(edges) - 1} equal-count bins)")  # fmt: skip
-    calibration.plot([0.5, 1], [0.5, 1], color="grey", linestyle=":", label="perfect calibration")
+    floor = 1 / len(records[0]["labels"])  # the least confidence an argmax can have
+    calibration.plot([floor, 1], [floor, 1], color="grey", linestyle=":", label="perfect calibration")
     calibration.set(xlabel="confidence (probability of the predicted label)", ylabel="accuracy", title="reliability")
     for ax in (roc, by_length, calibration):
         ax.legend(fontsize=8)
@@ -143,34 +123,6 @@ def plot_analysis(records: list[dict], length_bins: int = 5):
 def accuracy_by_length(labels, probabilities, n_tokens, edges) -> tuple[list, list]:
     """Per length bin (`edges`) that holds reviews: the median length and the accuracy."""
     which = np.clip(np.digitize(n_tokens, edges[1:-1]), 0, len(edges) - 2)
-    correct = (probabilities > 0.5).astype(int) == labels
+    correct = predicted_labels(probabilities) == labels
     filled = [b for b in range(len(edges) - 1) if (which == b).any()]
     return [np.median(n_tokens[which == b]) for b in filled], [correct[which == b].mean() for b in filled]
-
-
-def plot_validation_curves(curves: list[dict], baseline_accuracy: float | None = None, hardware: str = ""):
-    """Validation accuracy against training time, one panel per variant, one labelled line per run.
-
-    Each run's label says what it changed (learning rate, ...) and its peak memory; the profile's own run is dashed.
-    """
-    import matplotlib.pyplot as plt
-
-    variants = list(dict.fromkeys(c["variant"] for c in curves))
-    fig, axes = plt.subplots(1, max(len(variants), 1), figsize=(4.4 * max(len(variants), 1), 4), sharey=True, squeeze=False)
-    for ax, variant in zip(axes[0], variants, strict=False):
-        runs = sorted((c for c in curves if c["variant"] == variant), key=lambda c: c["learning_rate"])
-        for i, c in enumerate(runs):
-            t, acc, mem = zip(*c["points"], strict=True)
-            profile_run = "profile run" in c["label"]
-            ax.plot(
-                t, acc, "--" if profile_run else "-", marker="o", color=plt.get_cmap("tab10")(i % 10),
-                label=f"{c['setting']}{' (this run)' if profile_run else ''}, peak {mem[-1] / 1e9:.1f} GB",
-            )  # fmt: skip
-        if baseline_accuracy is not None:
-            ax.axhline(baseline_accuracy, color="grey", linestyle=":", label="TF-IDF + LR")
-        ax.set(title=VARIANT_LABELS.get(variant, variant), xlabel="training seconds (validation passes excluded)")
-        ax.legend(fontsize=7, loc="lower right")
-    axes[0][0].set(ylabel="validation accuracy")
-    fig.suptitle(f"Validation accuracy against training time{', ' + hardware if hardware else ''}", fontsize=10)
-    fig.tight_layout()
-    return fig

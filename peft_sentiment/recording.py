@@ -1,31 +1,32 @@
-"""Results as data: provenance (versions, device) and the JSON record of each run, written atomically and read back.
+"""Results as data: provenance (versions, device), JSON records written atomically and read back, atomic folders.
 
 Training and inference import this module; the tables and plots drawn from records live in `report`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
-import tempfile
+import shutil
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import torch
-
-from peft_sentiment.hardware import cpu_features, cpu_name
+from peft_sentiment.config import IMDB
+from peft_sentiment.hardware import device_info
 
 LIBRARIES = ("torch", "transformers", "datasets", "peft", "bitsandbytes", "accelerate", "evaluate", "scikit-learn")
 # Keys every record has; tests and tables rely on them.
 RECORD_KEYS = (
     "variant", "profile", "config", "model", "versions", "device", "params", "model_bytes", "metrics",
     "train_seconds", "eval_seconds", "train_tokens", "eval_tokens", "train_tokens_per_s", "eval_tokens_per_s",
-    "peak_memory_bytes", "log_history", "predictions", "created",
+    "peak_memory_bytes", "log_history", "predictions", "test_labels", "test_n_tokens", "created",
 )  # fmt: skip
-METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "roc_auc", "accuracy_ci95", "test_reviews")
-VARIANT_LABELS = {"head_only": "head-only", "lora": "LoRA", "nf4_lora": "NF4 LoRA"}
+METRIC_KEYS = ("accuracy", "accuracy_ci95", "test_reviews")
+# What records written before datasets were settings trained on (IMDB's labels), filled in as they are read
+IMDB_RECORD_DEFAULTS = {"dataset": IMDB, "labels": ["neg", "pos"]}
 
 
 def library_versions() -> dict[str, str]:
@@ -39,26 +40,36 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def device_info() -> dict:
-    """What ran the work: GPU name, or CPU model and core count."""
-    if torch.cuda.is_available():
-        return {"type": "cuda", "name": torch.cuda.get_device_name(), "count": torch.cuda.device_count()}
-    return {"type": "cpu", "name": cpu_name(), "cores": os.cpu_count(), "features": cpu_features()}
+@contextlib.contextmanager
+def atomic_path(target):
+    """A temporary path beside `target` to write a file or folder into; on success it replaces `target` by renames.
 
-
-def write_json_atomic(data, path: Path) -> Path:
-    """Write `data` as JSON to `path` via a temporary file and a rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    A crash mid-write leaves `target` as it was (the old file or folder, or nothing): never half of either.
+    The temporary name is per process, so that processes writing the same target (DDP ranks) never collide.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = (target.with_name(f".{target.name}.{os.getpid()}.{kind}") for kind in ("tmp", "old"))
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, default=float)
-        os.replace(tmp, path)
+        yield tmp
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
         raise
-    return path
+    if tmp.is_dir() and target.is_dir():  # a folder cannot be renamed over another: set the old one aside first
+        target.replace(old)
+        tmp.replace(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.replace(target)
+
+
+def write_json_atomic(data, path) -> Path:
+    """Write `data` as JSON to `path` (atomic: never a half-written file)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, default=float))
+    return Path(path)
 
 
 def check_writable(*folders: str) -> None:
@@ -87,7 +98,18 @@ def check_record(record: dict) -> None:
         f"metrics.{k}" for k in METRIC_KEYS if k not in record.get("metrics", {})
     ]
     if missing:
-        raise ValueError(f"Record is missing {missing}.")
+        raise ValueError(f"Record {record.get('variant')!r} is missing {missing}: written by an older version? Run it again.")
+
+
+def upgrade_record(record: dict) -> dict:
+    """Fill in, in place, what records from before datasets and macro F1 were recorded lack (IMDB's)."""
+    for key, value in IMDB_RECORD_DEFAULTS.items():
+        record.setdefault(key, value)
+    if "f1_macro" not in record["metrics"]:
+        from peft_sentiment.metrics import classification_metrics
+
+        record["metrics"]["f1_macro"] = classification_metrics(record["test_labels"], record["predictions"])["f1_macro"]
+    return record
 
 
 def read_json(path) -> dict:
@@ -98,13 +120,14 @@ def read_json(path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({err}): it was cut short or edited. Restore it or run again.") from err
 
 
-def read_records(records_dir: str) -> list[dict]:
-    """Every record in `records_dir`, in variant order."""
-    order = list(VARIANT_LABELS)
-    records = [read_json(p) for p in Path(records_dir).glob("*.json")]
+def read_records(records_dir: str, order=()) -> list[dict]:
+    """Every record in `records_dir`, checked; those named in `order` first, in that order, then the rest by name."""
+    records = sorted((read_json(p) for p in Path(records_dir).glob("*.json")), key=lambda r: r["variant"])
     for record in records:
         check_record(record)
-    return sorted(records, key=lambda r: order.index(r["variant"]) if r["variant"] in order else len(order))
+        upgrade_record(record)
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(records, key=lambda r: rank.get(r["variant"], len(rank)))
 
 
 def write_baseline(baseline: dict, records_dir: str) -> Path:

@@ -7,69 +7,34 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import torch
-from transformers import (
-    DataCollatorWithPadding,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-    default_data_collator,
-)
+from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers.trainer_utils import get_last_checkpoint
 
-from peft_sentiment.config import Config, check_variant, config_to_dict
+from peft_sentiment.config import Config, config_to_dict
+from peft_sentiment.data import class_names
 from peft_sentiment.features import FeatureHead, feature_dataset, length_order, split_features
-from peft_sentiment.hardware import resolve_precision
-from peft_sentiment.metrics import accuracy_interval, compute_metrics, positive_probabilities
+from peft_sentiment.hardware import device_info, on_gpu, resolve_precision
+from peft_sentiment.metrics import accuracy_interval, compute_metrics, recorded_predictions, softmax
 from peft_sentiment.models import check_trainable, count_parameters, nf4_kernel
-from peft_sentiment.recording import device_info, library_versions, read_json, write_json_atomic
-
-
-class TokenCounter:
-    """Counts real and padded tokens the model sees, split into training (grad on) and evaluation.
-
-    A forward pre-hook on the model is exact whatever the Trainer does between steps (validation
-    passes inside train(), gradient accumulation), so throughput is measured, not estimated. With
-    `keep_shapes`, `calls` also keeps each forward call's real row lengths and padded length (for FLOPs).
-    """
-
-    def __init__(self, model, keep_shapes: bool = False):
-        self.keep_shapes = keep_shapes
-        self.reset()
-        self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
-
-    def reset(self) -> None:
-        self.tokens = {"train": {"real": 0, "padded": 0}, "eval": {"real": 0, "padded": 0}}
-        self.calls = []
-
-    def _count(self, module, args, kwargs) -> None:
-        mask = kwargs.get("attention_mask")
-        if mask is None:
-            return
-        phase = self.tokens["train" if torch.is_grad_enabled() else "eval"]
-        phase["real"] += int(mask.sum())
-        phase["padded"] += int(mask.numel())
-        if self.keep_shapes:
-            self.calls.append({"lengths": mask.sum(1).tolist(), "padded": int(mask.shape[1])})
-
-    def remove(self) -> None:
-        self._handle.remove()
+from peft_sentiment.recording import library_versions, read_json, write_json_atomic
 
 
 class PeakMemory:
     """Peak memory inside a `with` block (CUDA allocator peak on a GPU, sampled process RSS on a CPU), and its seconds.
 
-    `read`, a function returning bytes, is sampled instead, on any device (bench/memory: malloc's live bytes).
-    `start_bytes` is the value on entry, which the peak includes: `peak_bytes - start_bytes` is what the
-    block added, never negative (sampling starts after entry, when the block may already have freed memory).
+    The Trainer's own memory metrics are deltas since each stage began, so they leave out the weights
+    loaded before `train()`: where NF4 saves memory. RSS includes them. `read`, a function returning
+    bytes, is sampled instead, on any device (bench/memory: malloc's live bytes). `start_bytes` is the
+    value on entry, which the peak includes.
     """
 
     def __init__(self, interval_s: float = 0.05, read=None):
         self.interval_s, self.read = interval_s, read
         self.start_bytes = self.peak_bytes = 0
         self.seconds = 0.0  # the block's wall time
-        self._cuda = read is None and torch.cuda.is_available()
+        self._cuda = read is None and on_gpu()
 
     def __enter__(self):
         self._start = time.perf_counter()
@@ -106,36 +71,6 @@ class PeakMemory:
         return False
 
 
-class TrainClock(TrainerCallback):
-    """Stamps every validation result in `log_history` with the training seconds and peak memory so far.
-
-    The seconds count optimizer steps only, not validation passes or checkpoint saves, so each
-    validation accuracy can be plotted against what training had cost by then (report.validation_curves).
-    `offset` is work paid before the first step (head-only: the frozen forward pass). On resume the
-    clock continues from the last stamp, which the checkpoint's log_history keeps (the steps between
-    that stamp and the checkpoint go uncounted: resumed curves undercount a little).
-    """
-
-    def __init__(self, memory: PeakMemory, offset: float = 0.0):
-        self.memory, self.offset = memory, offset
-        self.seconds = offset
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        stamps = [h["train_seconds"] for h in state.log_history if "train_seconds" in h]
-        self.seconds = stamps[-1] if stamps else self.offset
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._step_start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.seconds += time.perf_counter() - self._step_start
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        last = state.log_history[-1]  # Trainer.evaluate logs its metrics just before this event
-        if "eval_accuracy" in last:
-            last |= {"train_seconds": self.seconds, "peak_memory_bytes": self.memory.current_peak()}
-
-
 class EvaluateAtEnd(TrainerCallback):
     """A validation pass at the last step too: "every 1/n of the run" misses it when n does not divide the steps."""
 
@@ -144,17 +79,15 @@ class EvaluateAtEnd(TrainerCallback):
             control.should_evaluate = True
 
 
-def make_training_args(cfg: Config, variant: str, **overrides) -> TrainingArguments:
-    """The Trainer settings every variant shares; only the learning rate differs by variant."""
-    check_variant(variant)
-    on_gpu = torch.cuda.is_available()
+def make_training_args(cfg: Config, variant, **overrides) -> TrainingArguments:
+    """The Trainer settings every variant shares, then `variant`'s learning rate and deltas, then `overrides`."""
     precision = resolve_precision(cfg.precision)
     settings = dict(
-        output_dir=str(Path(cfg.work_dir) / variant),
+        output_dir=str(Path(cfg.work_dir) / variant.name),
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.train_batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size,
-        learning_rate=cfg.learning_rate(variant),
+        learning_rate=getattr(cfg, variant.learning_rate),
         weight_decay=cfg.weight_decay,
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a fraction of the total steps
         lr_scheduler_type="linear",
@@ -164,42 +97,41 @@ def make_training_args(cfg: Config, variant: str, **overrides) -> TrainingArgume
         eval_strategy="steps" if cfg.evals_per_run > 1 else "epoch",
         eval_steps=1 / cfg.evals_per_run if cfg.evals_per_run > 1 else None,
         logging_steps=0.05,
-        # Checkpoints (adapter, optimizer, scheduler, RNG and data-order state) so a crashed run resumes exactly.
+        # Checkpoints (weights, optimizer, scheduler, RNG and data-order state) so a crashed run resumes exactly.
         save_strategy="steps",
         save_steps=cfg.checkpoint_every,
         save_total_limit=1,
         # Mixed precision through the Trainer's autocast (on a CPU too); weights and optimizer state stay fp32.
         bf16=precision == "bf16",
         fp16=precision == "fp16",
+        include_num_input_tokens_seen="non_padding",  # the real tokens trained on, for tokens/s
         report_to="none",
         seed=cfg.seed,
         data_seed=cfg.seed,
-        remove_unused_columns=True,
-        dataloader_pin_memory=on_gpu,
-        use_cpu=not on_gpu,  # also what makes torchrun/accelerate on CPUs train as one DDP job (gloo)
+        dataloader_pin_memory=on_gpu(),
+        use_cpu=not on_gpu(),  # also what makes torchrun/accelerate on CPUs train as one DDP job (gloo)
     )
-    settings.update(overrides)
-    return TrainingArguments(**settings)
+    return TrainingArguments(**settings | dict(variant.training_args) | overrides)
 
 
 def predict_in_order(trainer: Trainer, ds) -> tuple:
-    """`trainer.predict` on `ds`, run longest-first (least padding), with P(pos) per review in `ds` order."""
+    """`trainer.predict` on `ds`, run longest-first (least padding); returns it and the class probabilities in `ds` order."""
     order = length_order(ds["length"], longest_first=True)
     # Length-grouped evaluation would shuffle batches; after training, order is ours to choose.
     trainer.args.train_sampling_strategy = "sequential"
     prediction = trainer.predict(ds.select(order), metric_key_prefix="test")
-    probabilities = np.empty(len(ds))
-    probabilities[order] = positive_probabilities(prediction.predictions)
-    return prediction, [round(float(p), 6) for p in probabilities]
+    probabilities = softmax(prediction.predictions)
+    probabilities[order] = probabilities.copy()
+    return prediction, probabilities
 
 
 def make_collator(tokenizer) -> DataCollatorWithPadding:
     """Dynamic padding: each batch to its own longest review (to a multiple of 8 on GPUs, for tensor cores)."""
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if torch.cuda.is_available() else None)
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if on_gpu() else None)
 
 
 def make_trainer(model, tokenizer, args: TrainingArguments, train_ds, eval_ds) -> Trainer:
-    """The Trainer every LoRA run uses (the notebook builds the same one in view)."""
+    """The Trainer of every variant that trains through the model (head-only on cached features has its own)."""
     check_trainable(model)
     return Trainer(
         model=model,
@@ -207,8 +139,8 @@ def make_trainer(model, tokenizer, args: TrainingArguments, train_ds, eval_ds) -
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=tokenizer,
-        data_collator=make_collator(tokenizer),
-        compute_metrics=compute_metrics,
+        data_collator=make_collator(tokenizer),  # pads each batch to its own longest review
+        compute_metrics=compute_metrics,  # accuracy, F1, ROC-AUC on each validation pass
         callbacks=[EvaluateAtEnd()],
     )
 
@@ -240,33 +172,21 @@ def activation_cost(model, batch: dict) -> dict:
     return {"saved_bytes": sum(saved.values()), "forward_seconds": forward, "step_seconds": step}
 
 
-CHECKPOINT_PARTS = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin", "pytorch_model.bin")
+def last_checkpoint(folder) -> str | None:
+    """The newest *complete* checkpoint in `folder` (`get_last_checkpoint`), or None.
 
-
-def last_checkpoint(trainer: Trainer) -> str | None:
-    """The newest *complete* checkpoint in the trainer's output folder, or None.
-
-    A run killed while saving leaves a checkpoint folder with some files missing; resuming from it
-    fails, so such a folder is passed over for the one before it.
+    The Trainer writes trainer_state.json last: a folder without it is a save a crash cut short, from which
+    resuming would fail, so it is removed and the one before it taken.
     """
-    folder = Path(trainer.args.output_dir)
-    steps = {
-        int(p.name.removeprefix("checkpoint-")): p
-        for p in folder.glob("checkpoint-*")
-        if p.name.removeprefix("checkpoint-").isdigit()
-    }
-    for step in sorted(steps, reverse=True):
-        checkpoint = steps[step]
-        if all((checkpoint / part).is_file() for part in CHECKPOINT_PARTS) and any(
-            (checkpoint / w).is_file() for w in WEIGHT_FILES
-        ):
-            return str(checkpoint)
+    while (checkpoint := get_last_checkpoint(folder) if Path(folder).is_dir() else None) is not None:
+        if (Path(checkpoint) / "trainer_state.json").is_file():
+            return checkpoint
+        shutil.rmtree(checkpoint)
     return None
 
 
 RUN_SETTINGS_FILE = "run_settings.json"  # beside a run's checkpoints: the settings they were trained with
-OUTPUT_FIELDS = ("adapter_dir_f32", "adapter_dir_nf4", "records_dir", "work_dir")  # where results go, not what they are
+OUTPUT_FIELDS = ("save_dir", "records_dir", "work_dir")  # where results go, not what they are
 
 
 def run_settings(cfg: Config) -> dict:
@@ -283,9 +203,8 @@ def prepare_output_dir(trainer: Trainer, cfg: Config, resume: bool) -> str | Non
     Trainer's rotation keeps the highest step number, so they would outlive this run's own.
     """
     folder = Path(trainer.args.output_dir)
-    stamp = folder / RUN_SETTINGS_FILE
-    settings = run_settings(cfg)
-    checkpoint = last_checkpoint(trainer) if resume else None
+    stamp, settings = folder / RUN_SETTINGS_FILE, run_settings(cfg)
+    checkpoint = last_checkpoint(folder) if resume else None
     if checkpoint and stamp.is_file():  # checkpoints from before the stamp existed cannot be checked
         stamped = read_json(stamp)
         changed = sorted(k for k in settings.keys() | stamped.keys() if settings.get(k) != stamped.get(k))
@@ -306,38 +225,44 @@ def prepare_output_dir(trainer: Trainer, cfg: Config, resume: bool) -> str | Non
 
 
 def fit(trainer: Trainer, cfg: Config, resume: bool = False) -> tuple:
-    """`trainer.train()` (from the last checkpoint of this same config when `resume`), its validation passes stamped by TrainClock.
+    """`trainer.train()`, from the last checkpoint of this same config when `resume`.
 
-    Returns (train output, PeakMemory with the wall seconds, the checkpoint resumed from or None).
+    Returns (train output, PeakMemory with the wall seconds, the checkpoint resumed from or None, tokens
+    trained on in this call: a resumed run's time and tokens cover the resumed part only).
     """
     checkpoint = prepare_output_dir(trainer, cfg, resume)
+    tokens_before = read_json(Path(checkpoint) / "trainer_state.json").get("num_input_tokens_seen", 0) if checkpoint else 0
     with PeakMemory() as training:
-        trainer.add_callback(TrainClock(training))
         output = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.pop_callback(TrainClock)
-    return output, training, checkpoint
+    return output, training, checkpoint, trainer.state.num_input_tokens_seen - tokens_before
+
+
+def validation_tokens(trainer: Trainer, val_ds) -> int:
+    """Real tokens of the validation passes inside training (each a pass over `val_ds`)."""
+    passes = sum("eval_loss" in entry for entry in trainer.state.log_history)
+    return passes * int(sum(val_ds["length"]))
 
 
 def train_and_evaluate(trainer: Trainer, cfg: Config, test_ds, resume: bool = False) -> dict:
     """Train (from the last checkpoint when `resume`), then evaluate on `test_ds`; timings, tokens, memory."""
-    counter = TokenCounter(trainer.model)
-    train_output, training, checkpoint = fit(trainer, cfg, resume)
-    # Validation passes inside train() cost time too; they are reported, and excluded from train tokens.
-    train_tokens, val_tokens = counter.tokens["train"], counter.tokens["eval"]
-    counter.reset()
+    train_output, training, checkpoint, train_tokens = fit(trainer, cfg, resume)
     with PeakMemory() as evaluation:
         prediction, probabilities = predict_in_order(trainer, test_ds)
-    counter.remove()
-    tokens = {"train": train_tokens, "validation": val_tokens, "eval": counter.tokens["eval"]}
+    tokens = {
+        "train": train_tokens,
+        "validation": validation_tokens(trainer, trainer.eval_dataset),
+        "eval": sum(test_ds["length"]),
+    }
     result = measured_result(trainer, train_output, prediction, probabilities, {"train": training, "eval": evaluation}, tokens)
-    return result | {"resumed_from": checkpoint}  # then time and tokens cover only the resumed part
+    return result | {"resumed_from": checkpoint}
 
 
-def fit_head(cfg: Config, model, features: dict, labels: dict, memory: PeakMemory, clock_offset: float = 0.0):
+def fit_head(cfg: Config, variant, model, features: dict, labels: dict, callbacks=()) -> tuple:
     """Train the model's head on cached features (train) with validation passes; returns (trainer, train output)."""
     args = make_training_args(
-        cfg, "head_only", num_train_epochs=cfg.head_epochs, train_sampling_strategy="random", save_strategy="no"
-    )
+        cfg, variant, num_train_epochs=cfg.head_epochs, train_sampling_strategy="random", save_strategy="no",
+        include_num_input_tokens_seen="no",  # the frozen pass counted the tokens; the head sees one vector per review
+    )  # fmt: skip
     head = FeatureHead(model.score)  # shares the weights: training it trains the model's head
     trainer = Trainer(
         model=head,
@@ -346,36 +271,37 @@ def fit_head(cfg: Config, model, features: dict, labels: dict, memory: PeakMemor
         eval_dataset=feature_dataset(features["validation"], labels["validation"]),
         data_collator=default_data_collator,
         compute_metrics=compute_metrics,
-        callbacks=[EvaluateAtEnd(), TrainClock(memory, offset=clock_offset)],
+        callbacks=[EvaluateAtEnd(), *callbacks],
     )
     return trainer, trainer.train()
 
 
-def train_head_on_features(cfg: Config, model, tokenizer, splits, resume: bool = False) -> tuple[Trainer, dict]:
+def train_head_on_features(cfg: Config, variant, model, tokenizer, splits, resume: bool = False) -> tuple[Trainer, dict]:
     """Head-only training that pays the frozen forward pass once per review instead of once per epoch.
 
-    The features are saved in `cfg.work_dir` as they are computed; with `resume`, a rerun after a
+    The features are saved in the work folder as they are computed; with `resume`, a rerun after a
     crash reuses them and pays only for what is missing.
     """
-    # the Trainer would move only the head; the frozen pass needs the GPU too
-    model.to(make_training_args(cfg, "head_only").device)
+    folder = Path(cfg.work_dir) / variant.name
+    model.to(make_training_args(cfg, variant).device)  # the Trainer would move only the head; the frozen pass needs it too
     labels = {name: splits[name]["label"] for name in ("train", "validation", "test")}
     with PeakMemory() as training:
-        features, tokens, seconds = split_features(cfg, model, tokenizer, splits, ("train", "validation"), resume)
-        trainer, train_output = fit_head(cfg, model, features, labels, training, clock_offset=seconds["train"])
+        features, tokens, seconds = split_features(cfg, model, tokenizer, splits, ("train", "validation"), resume, folder)
+        trainer, train_output = fit_head(cfg, variant, model, features, labels)
     with PeakMemory() as evaluation:
-        test, test_tokens, _ = split_features(cfg, model, tokenizer, splits, ("test",), resume)
+        test, test_tokens, _ = split_features(cfg, model, tokenizer, splits, ("test",), resume, folder)
         prediction = trainer.predict(feature_dataset(test["test"], labels["test"]), metric_key_prefix="test")
-        probabilities = [round(float(p), 6) for p in positive_probabilities(prediction.predictions)]  # sequential: in order
-    tokens = {"train": tokens["train"], "validation": tokens["validation"], "eval": test_tokens["test"]}
-    result = measured_result(trainer, train_output, prediction, probabilities, {"train": training, "eval": evaluation}, tokens)
+    tokens = {"train": tokens["train"]["real"], "validation": tokens["validation"]["real"], "eval": test_tokens["test"]["real"]}
+    phases = {"train": training, "eval": evaluation}
+    result = measured_result(trainer, train_output, prediction, softmax(prediction.predictions), phases, tokens)
     return trainer, result | {"feature_seconds": sum(seconds.values()), "head_epochs": cfg.head_epochs}
 
 
 def measured_result(trainer, train_output, prediction, probabilities, phases: dict, tokens: dict) -> dict:
     """The measured part of a record: loss, times, tokens, peak memory, test metrics with their 95% interval.
 
-    `phases` holds the PeakMemory of training ("train") and of the test pass ("eval"): each its seconds and peak.
+    `phases` holds the PeakMemory of training ("train") and of the test pass ("eval"): each its seconds and
+    peak; `tokens` the real tokens of training, of its validation passes and of the test pass.
     """
     metrics = {k.removeprefix("test_"): v for k, v in prediction.metrics.items() if not k.endswith(("runtime", "per_second"))}
     metrics.pop("loss", None)
@@ -385,36 +311,36 @@ def measured_result(trainer, train_output, prediction, probabilities, phases: di
         "train_loss": train_output.training_loss,
         "train_seconds": phases["train"].seconds,
         "eval_seconds": phases["eval"].seconds,
-        "train_tokens": tokens["train"],
-        "validation_tokens": tokens["validation"],
-        "eval_tokens": tokens["eval"],
-        "train_tokens_per_s": tokens["train"]["real"] / phases["train"].seconds,
-        "eval_tokens_per_s": tokens["eval"]["real"] / phases["eval"].seconds,
+        **{f"{phase}_tokens": {"real": int(n)} for phase, n in tokens.items()},
+        "train_tokens_per_s": tokens["train"] / phases["train"].seconds,
+        "eval_tokens_per_s": tokens["eval"] / phases["eval"].seconds,
         "peak_memory_bytes": {name: phase.peak_bytes for name, phase in phases.items()},
         "log_history": trainer.state.log_history,
-        "predictions": probabilities,
+        "predictions": recorded_predictions(probabilities),
     }
 
 
-def train_variant(cfg: Config, variant: str, model, tokenizer, splits, resume: bool = False, trainer=None) -> tuple:
-    """Train `model` on splits["train"], evaluate on splits["test"]; returns (trainer, record).
+def train_variant(cfg: Config, variant, model, tokenizer, splits, resume: bool = False, trainer=None) -> tuple:
+    """Train `model` as `variant` declares on splits["train"], evaluate on splits["test"]; returns (trainer, record).
 
-    `trainer`: one built around `model` (the notebook builds it in view); None = `make_trainer`'s.
-    With `resume`, LoRA variants continue from their last checkpoint in `cfg.work_dir`; head-only on
+    `trainer`: one built around `model` (e.g. in view in the notebook); None = `make_trainer`'s.
+    With `resume`, training continues from its last checkpoint in the work folder; head-only on
     cached features reuses the features already saved there (its head epochs take seconds: redone).
     """
-    if variant == "head_only" and cfg.head_on_cached_features:
-        trainer, result = train_head_on_features(cfg, model, tokenizer, splits, resume=resume)
+    if variant.trains == "head" and cfg.head_on_cached_features:
+        trainer, result = train_head_on_features(cfg, variant, model, tokenizer, splits, resume=resume)
     else:
         if trainer is None:
             trainer = make_trainer(model, tokenizer, make_training_args(cfg, variant), splits["train"], splits["validation"])
         check_trainable(trainer.model)
         result = train_and_evaluate(trainer, cfg, splits["test"], resume=resume)
     record = {
-        "variant": variant,
+        "variant": variant.name,
         "profile": cfg.profile,
         "config": config_to_dict(cfg),
         "model": cfg.model_name,
+        "dataset": config_to_dict(cfg)["dataset"],
+        "labels": class_names(splits["test"]),
         "precision": resolve_precision(cfg.precision),
         "nf4_kernel": nf4_kernel(model),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),  # sdpa, eager, ...

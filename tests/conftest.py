@@ -70,8 +70,42 @@ def model_cache(tmp_path_factory):
 def toy_imdb_dir(tmp_path_factory):
     """A folder with train.parquet (200 reviews) and test.parquet (80) in IMDB's schema."""
     folder = tmp_path_factory.mktemp("toy_imdb")
-    toy_reviews(200, seed=0).to_parquet(folder / "train.parquet")
-    toy_reviews(80, seed=1).to_parquet(folder / "test.parquet")
+    write_imdb_parquet(toy_reviews(200, seed=0), folder / "train.parquet")
+    write_imdb_parquet(toy_reviews(80, seed=1), folder / "test.parquet")
+    return folder
+
+
+def write_imdb_parquet(frame: pd.DataFrame, path) -> None:
+    """`frame` as IMDB's parquet files hold it: `label` a ClassLabel named neg/pos."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
+    Dataset.from_pandas(frame, features=features, preserve_index=False).to_parquet(str(path))
+
+
+THREE_CLASSES = {"negative": NEGATIVE, "neutral": ["fine", "okay", "average", "passable", "so-so", "middling"],
+                 "positive": POSITIVE}  # fmt: skip
+
+
+def three_class_reviews(n: int, seed: int) -> pd.DataFrame:
+    """Reviews in three classes with string labels, named as a user's CSV might (`review`, `sentiment`)."""
+    rng = random.Random(seed)
+    names = list(THREE_CLASSES)
+    rows = []
+    for i in range(n):
+        name = names[i % 3]
+        words = THREE_CLASSES[name]
+        body = [rng.choice(NEUTRAL + words) for _ in range(rng.randint(4, 20))]
+        rows.append({"review": " ".join([*body, rng.choice(words)]), "sentiment": name})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def three_class_dir(tmp_path_factory):
+    """A user's own dataset: train.csv (90 reviews) and test.csv (45), three string classes, custom column names."""
+    folder = tmp_path_factory.mktemp("three_class")
+    three_class_reviews(90, seed=0).to_csv(folder / "train.csv", index=False)
+    three_class_reviews(45, seed=1).to_csv(folder / "test.csv", index=False)
     return folder
 
 
@@ -83,8 +117,7 @@ def toy_cfg(toy_imdb_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     return make_config(
         "smoke", data_dir=str(toy_imdb_dir), train_size=96, val_size=32, test_size=64, max_length=32,
-        adapter_dir_f32=str(out / "f32"), adapter_dir_nf4=str(out / "nf4"), records_dir=str(out / "records"),
-        work_dir=str(out / "work"),
+        save_dir=str(out / "saved"), records_dir=str(out / "records"), work_dir=str(out / "work"),
     )  # fmt: skip
 
 
@@ -92,7 +125,7 @@ def toy_cfg(toy_imdb_dir, tmp_path_factory):
 def toy_splits(toy_cfg):
     from peft_sentiment import data
 
-    return data.prepare_splits(toy_cfg, data.load_imdb(toy_cfg.data_dir))
+    return data.prepare_splits(toy_cfg, data.load_splits(toy_cfg))
 
 
 @pytest.fixture(scope="session")
@@ -125,9 +158,9 @@ def lora_config(toy_cfg, tiny_model_path):
 
 @pytest.fixture(scope="session")
 def bnb_config(toy_cfg):
-    from peft_sentiment.models import make_bnb_config
+    from peft_sentiment.models import make_nf4_config
 
-    return make_bnb_config(toy_cfg)
+    return make_nf4_config(toy_cfg)
 
 
 @pytest.fixture
@@ -150,19 +183,18 @@ def force_bf16_cpu_kernels(monkeypatch):
 
 def fake_record(variant, accuracy, seconds, model_bytes):
     """A complete record with made-up figures, for tests of what reads records."""
-    from peft_sentiment import recording
+    from peft_sentiment import hardware, recording
 
     return {
-        "variant": variant, "profile": "smoke", "config": {"seed": 0}, "model": "m",
-        "versions": recording.library_versions(), "device": recording.device_info(),
+        "variant": variant, "profile": "smoke", "config": {"seed": 0}, "model": "m", "dataset": "stanfordnlp/imdb",
+        "labels": ["neg", "pos"], "versions": recording.library_versions(), "device": hardware.device_info(),
         "params": {"trainable": 10, "total": 100}, "model_bytes": model_bytes,
-        "metrics": {"accuracy": accuracy, "precision": 0.5, "recall": 0.5, "f1": 0.5, "roc_auc": 0.5,
+        "metrics": {"accuracy": accuracy, "f1_macro": accuracy, "precision": 0.5, "recall": 0.5, "f1": 0.5, "roc_auc": 0.5,
                     "accuracy_ci95": [accuracy - 0.05, accuracy + 0.05], "test_reviews": 100},
-        "train_seconds": seconds, "eval_seconds": 1.0, "train_tokens": {"real": 10, "padded": 12},
-        "eval_tokens": {"real": 5, "padded": 6}, "train_tokens_per_s": 10.0, "eval_tokens_per_s": 5.0,
-        "peak_memory_bytes": {"train": 2e9, "eval": 1e9},
+        "train_seconds": seconds, "eval_seconds": 1.0, "train_tokens": {"real": 10}, "eval_tokens": {"real": 5},
+        "train_tokens_per_s": 10.0, "eval_tokens_per_s": 5.0, "peak_memory_bytes": {"train": 2e9, "eval": 1e9},
         "log_history": [{"step": 1, "loss": 0.7}, {"step": 2, "loss": 0.6, "eval_accuracy": 0.6}], "created": "now",
-        "predictions": [0.9, 0.1],
+        "predictions": [0.9, 0.1], "test_labels": [1, 0], "test_n_tokens": [10, 20],
     }  # fmt: skip
 
 

@@ -5,16 +5,18 @@ import json
 from conftest import load_bench
 
 from peft_sentiment import recording, report
+from peft_sentiment.variants import VARIANTS, get_variant
 
 
 def test_accuracy_bench_records_each_method_and_its_own_wall_time(toy_imdb_dir, model_cache, tmp_path, monkeypatch):
     bench = load_bench("accuracy")
+    assert bench.parse_args([]).variants == list(VARIANTS)  # by default every declared variant
     monkeypatch.chdir(tmp_path)  # the smoke profile's relative folders (work, adapters) land here
     overrides = ["--set", f"data_dir='{toy_imdb_dir}'", "train_size=96", "val_size=32", "test_size=64", "max_length=32"]
     overrides += ["records_dir='records'"]
     assert bench.main(["--profile", "smoke", "--variants", "head_only", "lora", *overrides]) == 0
 
-    records = recording.read_records("records")  # the run file sits apart: every *.json here is a record
+    records = recording.read_records("records", VARIANTS)  # the run file sits apart: every *.json here is a record
     assert [r["variant"] for r in records] == ["head_only", "lora"]
     baseline = json.loads((tmp_path / "records" / "baselines" / "tfidf_logreg.json").read_text())
     assert baseline["metrics"]["test_reviews"] == records[0]["metrics"]["test_reviews"] == 64  # the same test reviews
@@ -22,7 +24,8 @@ def test_accuracy_bench_records_each_method_and_its_own_wall_time(toy_imdb_dir, 
     assert run["variants"] == ["head_only", "lora"] and not run["resumed"]
     assert run["total_seconds"] > sum(r["train_seconds"] for r in records)  # the whole run: training, evaluation, loading
     assert {r["command"] for r in records} == {run["command"]} and run["command"].startswith("python bench/accuracy.py")
-    assert (tmp_path / "runs" / "smoke" / "saved_f32_lora").is_dir()
+    assert (tmp_path / "runs" / "smoke" / get_variant("lora").save_dir).is_dir()  # under the smoke profile's save_dir
+    assert records[0]["labels"] == ["neg", "pos"]  # the class names, from the data
 
     section = report.results_section("records")
     assert f"took {run['total_seconds'] / 60:.1f} min" in section

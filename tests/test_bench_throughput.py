@@ -51,7 +51,7 @@ def test_activation_swaps_both_ways_and_computes_the_same(bench, tiny_model_path
 
     from peft_sentiment.models import load_classifier
 
-    model = load_classifier(tiny_model_path, tokenizer.pad_token_id).eval()
+    model = load_classifier(tiny_model_path, tokenizer.pad_token_id, ["neg", "pos"]).eval()
     fused, stock = type(ACT2FN["gelu_pytorch_tanh"]), type(ACT2FN["gelu_new"])
     layers = model.config.n_layer
     x = torch.randint(0, model.config.vocab_size, (2, 12))
@@ -66,6 +66,42 @@ def test_activation_swaps_both_ways_and_computes_the_same(bench, tiny_model_path
         torch.testing.assert_close(model(input_ids=x).logits, before)
 
 
+def test_token_counter_counts_real_and_padded_tokens_per_phase(bench, tiny_model_path, tokenizer):
+    import torch
+
+    from peft_sentiment.models import load_classifier
+
+    model = load_classifier(tiny_model_path, tokenizer.pad_token_id, ["neg", "pos"])
+    ids = torch.randint(5, 100, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    counter = bench.TokenCounter(model, keep_shapes=True)
+    model(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1])).loss.backward()  # a training step
+    with torch.no_grad():
+        model(input_ids=ids[:1, :4], attention_mask=mask[:1, :4])  # an evaluation batch
+        model(input_ids=ids)  # no mask: nothing to count
+    assert counter.tokens == {"train": {"real": 9, "padded": 12}, "eval": {"real": 4, "padded": 4}}
+    assert counter.calls == [{"lengths": [6, 3], "padded": 6}, {"lengths": [4], "padded": 4}]
+    counter.remove()
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    assert counter.tokens["eval"]["real"] == 4  # removed: no longer counting
+
+
+def test_the_committed_block_is_the_one_the_committed_records_give(bench, monkeypatch):
+    """The records written before the variants were declarations (three variants, no full fine-tuning) still give it."""
+    from peft_sentiment import report
+
+    monkeypatch.chdir(ROOT)
+    section = bench.readme_section(ROOT / "results" / "throughput" / "cpu.json")
+    docs = ROOT / "docs" / "benchmarks.md"
+    block = docs.read_text().split("<!-- throughput:start -->\n")[1].split("\n<!-- throughput:end -->")[0]
+    assert block == report.relink(section, docs.parent), f"{docs}: its throughput block is not what the committed records give"
+    # the summary is drawn again from the runs as recorded: the same figures as the committed one
+    record = json.loads((ROOT / "results" / "throughput" / "cpu.json").read_text())
+    assert bench.summarize(record) == record["summary"]
+    assert "nf4_bytes_vs_fp32" in record["summary"]  # NF4 LoRA against the variant its declaration compares it with
+
+
 @pytest.mark.slow
 def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
     data_dir = os.environ.get("IMDB_DATA_DIR") or (str(SHARED_IMDB) if SHARED_IMDB.is_dir() else None)
@@ -75,7 +111,7 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
     cmd = [sys.executable, "bench/throughput.py", "--model", "tiny-gpt2", "--data-dir", data_dir, "--max-length", "128"]
     cmd += ["--steps", "1", "--eval-batches", "1", "--train-pool", "200", "--eval-pool", "100"]
     env = {**os.environ, "PEFT_SENTIMENT_CACHE": str(model_cache)}
-    run = [*cmd, "--skip-tokenization", "--variants", "head_only", "lora", "--out", str(out)]
+    run = [*cmd, "--skip-tokenization", "--variants", "head_only", "lora", "full_finetune", "--out", str(out)]
     subprocess.run(run, cwd=ROOT, check=True, timeout=600, env=env)
 
     record = json.loads(out.read_text())
@@ -85,6 +121,8 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
         ("head_only", "project"),
         ("lora", "baseline"),
         ("lora", "project"),
+        ("full_finetune", "baseline"),
+        ("full_finetune", "project"),
     ]
     for run in record["runs"]:
         for phase in ("train", "eval"):
@@ -94,7 +132,11 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
             assert 0 < m["model_flops_per_s"] <= m["hardware_flops_per_s"]
         if run["pipeline"] == "baseline":  # every row padded to max_length
             assert run["eval"]["padded_tokens"] == 128 * 32
-    for variant in ("head_only", "lora"):  # evaluation timed alternately in one process: the same reviews both ways
+    for variant in (
+        "head_only",
+        "lora",
+        "full_finetune",
+    ):  # evaluation timed alternately in one process: the same reviews both ways
         base, proj = (
             next(r for r in record["runs"] if r["variant"] == variant and r["pipeline"] == p) for p in ("baseline", "project")
         )
@@ -105,6 +147,11 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
         lora["project"]["train_real_tokens_per_s"] / lora["baseline"]["train_real_tokens_per_s"]
     )
     assert 0 < lora["project"]["train_mfu"] < 1
+    # every weight trains: the memory check's estimate counts them all, and nothing of the model is frozen
+    full = next(r for r in record["runs"] if r["pipeline"] == "project" and r["variant"] == "full_finetune")
+    estimate = full["memory_check"]["estimate"]
+    assert full["matmul_params"]["frozen"] == 0 and estimate["trainable_params"] == estimate["params"]
+    assert "train_ratio_over_10_epochs" in record["summary"]["head_only"] and "nf4_bytes_vs_fp32" not in record["summary"]
     project_lora = next(r for r in record["runs"] if r["pipeline"] == "project" and r["variant"] == "lora")
     assert project_lora["train_profile"] and "train_stock_activation" not in project_lora  # ablations: their own run
 

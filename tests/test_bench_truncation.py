@@ -21,10 +21,13 @@ def test_settings_are_scored_on_the_same_unused_training_reviews(toy_imdb_dir, t
     # the validation reviews are training reviews outside the profile's own train and validation subsets
     cfg = bench.make_config("smoke", **bench.parse_overrides(sets))
     carved = bench.carve_validation(cfg, 32)
-    profile = bench.data.prepare_splits(cfg, bench.data.load_imdb(cfg.data_dir))
+    profile = bench.data.prepare_splits(cfg, bench.data.load_splits(cfg))
     assert not set(carved["validation"]["text"]) & (set(profile["train"]["text"]) | set(profile["validation"]["text"]))
     assert carved["train"]["text"] == profile["train"]["text"] and len(carved["test"]) == 0
     assert record["validation_labels"] == list(carved["validation"]["label"])
+    assert sum(record["validation_labels"]) == 16  # stratified: half of each class, as the toy data is balanced
+    # P(pos) per review, as before the package handled more classes (the committed records' format)
+    assert all(isinstance(p, float) and 0 <= p <= 1 for p in record["predictions"]["head"])
     # head and tail keep different tokens of the cut reviews, so the frozen model saw different inputs
     assert record["predictions"]["head"] != record["predictions"]["tail"]
 
@@ -45,6 +48,20 @@ def test_lora_trains_once_per_setting_and_scores_after_training(toy_imdb_dir, tm
         assert states, name
         history = json.loads(states[0].read_text())["log_history"]
         assert not [h for h in history if "eval_loss" in h]
+
+
+def test_every_declared_variant_can_be_scored(toy_imdb_dir, tmp_path):
+    """Full fine-tuning, declared after the benchmark was written, trains through the same path as LoRA."""
+    bench = load_bench("truncation")
+    assert bench.parse_args(["--variant", "full_finetune"]).variant == "full_finetune"
+    sets = [f"data_dir='{toy_imdb_dir}'", "train_size=32", "val_size=16", "test_size=16", "max_length=12",
+            f"records_dir='{tmp_path}/records'", f"work_dir='{tmp_path}/work'"]  # fmt: skip
+    argv = ["--profile", "smoke", "--variant", "full_finetune", "--settings", "head", "--val-size", "24", "--set", *sets]
+    assert bench.main(argv) == 0
+    record = json.loads((tmp_path / "records" / "truncation" / "full_finetune.json").read_text())
+    assert record["settings"]["head"]["all"]["n"] == 24 and len(record["predictions"]["head"]) == 24
+    assert list((tmp_path / "work" / "truncation" / "head" / "full_finetune").glob("checkpoint-*"))
+    assert "| full fine-tuning | head | " in bench.truncation_section([record])
 
 
 def test_lora_records_each_setting_as_it_finishes_and_resumes_after_a_crash(toy_imdb_dir, tmp_path, monkeypatch):

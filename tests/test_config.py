@@ -1,6 +1,10 @@
+import os
+
 import pytest
 
 from peft_sentiment.config import PROFILES, config_to_dict, make_config, resolve_profile
+from peft_sentiment.pipeline import save_dir
+from peft_sentiment.variants import VARIANTS
 
 
 def test_profiles_resolve_and_full_keeps_the_reference_lora_setup():
@@ -8,12 +12,32 @@ def test_profiles_resolve_and_full_keeps_the_reference_lora_setup():
     assert (full.model_name, full.max_length, full.train_size, full.test_size) == ("gpt2", 512, None, None)
     assert (full.lora_r, full.lora_alpha, full.lora_dropout) == (4, 16, 0.1)
     assert full.nf4_compute_dtype == "bfloat16"
-    assert (full.adapter_dir_f32, full.adapter_dir_nf4) == ("saved_f32_lora", "saved_nf4_lora")
+    assert (full.dataset, full.text_column, full.label_column, full.prompt_suffix) == ("stanfordnlp/imdb", "text", "label", "")
+    # the committed adapters sit beside the notebook; each variant names its folder under save_dir
+    assert [str(save_dir(full, v)) for v in VARIANTS.values()] == [
+        "None", "saved_f32_lora", "saved_nf4_lora", "saved_full_finetune"
+    ]  # fmt: skip
 
 
 def test_smoke_never_writes_the_committed_adapter_folders():
     smoke = make_config("smoke")
-    assert smoke.adapter_dir_f32.startswith("runs/") and smoke.adapter_dir_nf4.startswith("runs/")
+    assert all(str(save_dir(smoke, v)).startswith("runs/smoke/") for v in VARIANTS.values() if v.save_dir)
+
+
+def test_another_dataset_drops_imdbs_prompt_suffix_and_writes_under_its_own_name(monkeypatch):
+    monkeypatch.setenv("IMDB_DATA_DIR", "/somewhere/imdb")
+    cpu = make_config("cpu")
+    assert cpu.prompt_suffix and cpu.data_dir == "/somewhere/imdb"  # IMDB keeps its suffix and its local copy
+    own = make_config("cpu", dataset="/data/my_reviews/", text_column="review", label_column="sentiment")
+    assert own.prompt_suffix == "" and own.data_dir is None  # $IMDB_DATA_DIR is IMDB's, never another dataset's
+    assert (own.save_dir, own.records_dir, own.work_dir) == (
+        "runs/cpu/my_reviews", "runs/cpu/my_reviews/records", "runs/cpu/my_reviews/work"
+    )  # fmt: skip
+    assert all(str(save_dir(own, v)).startswith("runs/cpu/my_reviews/") for v in VARIANTS.values() if v.save_dir)
+    # what is set explicitly wins over those defaults
+    chosen = make_config("smoke", dataset="me/reviews", prompt_suffix=" Verdict:", records_dir="out")
+    assert (chosen.prompt_suffix, chosen.records_dir, chosen.work_dir) == (" Verdict:", "out", "runs/smoke/reviews/work")
+    assert config_to_dict(make_config("smoke", dataset="/abs/data"))["dataset"] == os.path.relpath("/abs/data")
 
 
 def test_profile_comes_from_the_environment(monkeypatch):
@@ -73,6 +97,7 @@ def test_overrides_leave_the_profile_untouched_and_serialise():
     assert cfg.lora_targets == ("c_attn",) and cfg.lr_lora == 1e-3
     assert PROFILES["smoke"].lr_lora != 1e-3
     assert config_to_dict(cfg)["lora_targets"] == ["c_attn"]
-    assert cfg.learning_rate("head_only") == cfg.lr_head_only
-    with pytest.raises(ValueError, match="Valid variants"):
-        cfg.learning_rate("prefix_tuning")
+    # each variant names the field that holds its learning rate, so a profile tunes it in one place
+    assert {name: getattr(cfg, v.learning_rate) for name, v in VARIANTS.items()} == {
+        "head_only": cfg.lr_head, "lora": 1e-3, "nf4_lora": 1e-3, "full_finetune": cfg.lr_full
+    }  # fmt: skip

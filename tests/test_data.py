@@ -1,65 +1,107 @@
+"""Datasets as configuration: IMDB or a user's own files, checked once, as `text` and a ClassLabel `label`; subsets, tokens."""
+
+import json
+
+import numpy as np
 import pandas as pd
 import pytest
+from conftest import three_class_reviews, toy_reviews
 from transformers import DataCollatorWithPadding
 
 from peft_sentiment import data
+from peft_sentiment.config import make_config
 
 
-def test_load_imdb_from_parquet(toy_imdb_dir):
-    imdb = data.load_imdb(str(toy_imdb_dir))
-    assert set(imdb) == {"train", "test"}
-    assert (len(imdb["train"]), len(imdb["test"])) == (200, 80)
-    assert imdb["train"].column_names == ["text", "label"]
+def own_data(folder, **overrides):
+    """The smoke profile on a user's folder whose columns are `review` and `sentiment`."""
+    return make_config("smoke", dataset=str(folder), text_column="review", label_column="sentiment", **overrides)
 
 
-def test_missing_folder_and_files_get_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="is not a folder"):
-        data.load_imdb(str(tmp_path / "nope"))
-    pd.DataFrame({"text": ["a"], "label": [0]}).to_parquet(tmp_path / "train.parquet")
-    with pytest.raises(FileNotFoundError, match="lacks test.parquet"):
-        data.load_imdb(str(tmp_path))
-
-
-def write_split_pair(folder, frame):
-    frame.to_parquet(folder / "train.parquet")
-    frame.to_parquet(folder / "test.parquet")
+def write_pair(folder, train: pd.DataFrame, test: pd.DataFrame | None = None, suffix: str = ".csv") -> str:
+    """train and test files in `folder` (test defaults to train), in the format `suffix` names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, frame in (("train", train), ("test", train if test is None else test)):
+        path = folder / f"{split}{suffix}"
+        if suffix == ".csv":
+            frame.to_csv(path, index=False)
+        elif suffix == ".jsonl":
+            frame.to_json(path, orient="records", lines=True)
+        else:
+            frame.to_parquet(path)
     return str(folder)
 
 
-def test_wrong_columns_and_labels_are_rejected(tmp_path):
-    (tmp_path / "a").mkdir()
-    with pytest.raises(ValueError, match=r"lacks \['label'\]"):
-        data.load_imdb(write_split_pair(tmp_path / "a", pd.DataFrame({"text": ["x"], "sentiment": [1]})))
-    (tmp_path / "b").mkdir()
-    with pytest.raises(ValueError, match=r"labels \[2\] outside"):
-        data.load_imdb(write_split_pair(tmp_path / "b", pd.DataFrame({"text": ["x", "y"], "label": [0, 2]})))
+def test_imdb_parquet_keeps_its_class_names(toy_cfg, toy_imdb_dir):
+    imdb = data.load_splits(toy_cfg)
+    assert set(imdb) == {"train", "test"}
+    assert (len(imdb["train"]), len(imdb["test"])) == (200, 80)
+    assert imdb["train"].column_names == ["text", "label"]
+    assert data.class_names(imdb) == data.class_names(imdb["test"]) == ["neg", "pos"]  # from the parquet's ClassLabel
+    assert imdb["train"]["label"][:4] == [0, 1, 0, 1]  # toy_reviews alternates neg, pos: indices unchanged
 
 
-def test_empty_reviews_are_dropped_and_counted(tmp_path, caplog):
-    frame = pd.DataFrame({"text": ["fine film", "", "   ", None, "bad film"], "label": [1, 0, 1, 0, 0]})
-    imdb = data.load_imdb(write_split_pair(tmp_path, frame))
-    assert imdb["train"]["text"] == ["fine film", "bad film"]
-    assert "Dropped 3 empty or missing reviews" in caplog.text
+def test_integer_labels_without_names_are_named_by_their_values(tmp_path):
+    frame = toy_reviews(20, seed=0).rename(columns={"text": "review", "label": "sentiment"})
+    raw = data.load_splits(own_data(write_pair(tmp_path, frame, suffix=".parquet")))
+    assert data.class_names(raw) == ["0", "1"] and raw["train"]["label"] == list(frame["sentiment"])
 
 
-def test_unreachable_hub_names_both_options(monkeypatch):
-    def offline(*args, **kwargs):
-        raise ConnectionError("no network")
+def test_string_labels_map_to_sorted_names(three_class_dir):
+    raw = data.load_splits(own_data(three_class_dir))
+    names = data.class_names(raw)
+    assert names == ["negative", "neutral", "positive"]
+    assert (len(raw["train"]), len(raw["test"])) == (90, 45)
+    source = pd.read_csv(three_class_dir / "train.csv")
+    assert raw["train"]["text"] == list(source["review"])
+    assert [names[i] for i in raw["train"]["label"]] == list(source["sentiment"])  # every row mapped once, the same way
+    assert data.label_balance(raw["test"]) == {"negative": 15, "neutral": 15, "positive": 15}
 
-    monkeypatch.setattr(data, "load_dataset", offline)
-    with pytest.raises(RuntimeError, match="Hub is unreachable.*IMDB_DATA_DIR"):
-        data.load_imdb(None)
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_json_lines_and_parquet_load_like_csv(suffix, tmp_path, three_class_dir):
+    train, test = (pd.read_csv(three_class_dir / f"{s}.csv") for s in ("train", "test"))
+    raw = data.load_splits(own_data(write_pair(tmp_path, train, test, suffix)))
+    as_csv = data.load_splits(own_data(three_class_dir))
+    for split in ("train", "test"):
+        assert raw[split]["text"] == as_csv[split]["text"] and raw[split]["label"] == as_csv[split]["label"]
+    assert data.class_names(raw) == data.class_names(as_csv)
 
 
-def test_balanced_subset_is_seeded_and_balanced(toy_imdb_dir):
-    train = data.load_imdb(str(toy_imdb_dir))["train"]
-    a = data.take_balanced_subset(train, 51, seed=3)
-    b = data.take_balanced_subset(train, 51, seed=3)
-    assert a["text"] == b["text"]
-    assert sorted(data.label_balance(a).values()) == [25, 26]
-    assert data.take_balanced_subset(train, 51, seed=4)["text"] != a["text"]
-    with pytest.raises(ValueError, match="at most 200"):
-        data.take_balanced_subset(train, 1000, seed=0)
+def test_stratified_subset_keeps_class_shares_by_largest_remainder_and_is_seeded(three_class_dir):
+    train = data.load_splits(own_data(three_class_dir))["train"]  # 30 of each class
+    a = data.take_stratified_subset(train, 50, seed=3)
+    assert a["text"] == data.take_stratified_subset(train, 50, seed=3)["text"]
+    assert data.take_stratified_subset(train, 50, seed=4)["text"] != a["text"]
+    assert len(set(a["text"])) == 50 and set(a["text"]) <= set(train["text"])
+    # 50/3 = 16.67 each: two classes get the extra example (equal remainders: the later classes)
+    assert data.label_balance(a) == {"negative": 16, "neutral": 17, "positive": 17}
+    uneven = train.select(
+        [i for i, y in enumerate(train["label"]) if y == 0][:20] + [i for i, y in enumerate(train["label"]) if y]
+    )
+    assert data.label_balance(uneven) == {"negative": 20, "neutral": 30, "positive": 30}
+    # 11 of 80: exact shares 2.75, 4.125, 4.125 -> 2, 4, 4 and the one left over to the largest remainder (negative)
+    assert data.label_balance(data.take_stratified_subset(uneven, 11, seed=0)) == {"negative": 3, "neutral": 4, "positive": 4}
+    assert len(data.take_stratified_subset(train, None, seed=0)) == 90
+    with pytest.raises(ValueError, match="at most 90"):
+        data.take_stratified_subset(train, 1000, seed=0)
+
+
+def test_balanced_binary_subsets_are_the_draws_of_before(toy_cfg):
+    """On balanced two-class data the stratified subset draws exactly what the old balanced one drew (same records)."""
+    train = data.load_splits(toy_cfg)["train"]
+
+    def old_balanced_subset(size, seed):  # take_balanced_subset before issue 23, as it drew
+        rng = np.random.default_rng(seed)
+        labels = np.asarray(train["label"])
+        chosen = [
+            rng.choice(np.flatnonzero(labels == y), size=n, replace=False) for y, n in enumerate((size // 2, size - size // 2))
+        ]
+        return rng.permutation(np.concatenate(chosen))
+
+    for size, seed in ((51, 3), (128, 42)):
+        subset = data.take_stratified_subset(train, size, seed)
+        assert subset["text"] == train.select(old_balanced_subset(size, seed))["text"]
+    assert sorted(data.label_balance(data.take_stratified_subset(train, 51, seed=3)).values()) == [25, 26]
 
 
 def test_splits_are_disjoint_and_sized(toy_cfg, toy_splits):
@@ -69,6 +111,84 @@ def test_splits_are_disjoint_and_sized(toy_cfg, toy_splits):
         toy_cfg.test_size,
     ]
     assert not set(toy_splits["train"]["text"]) & set(toy_splits["validation"]["text"]) - {""}
+    assert data.class_names(toy_splits["validation"]) == ["neg", "pos"]
+
+
+def test_a_validation_file_is_used_instead_of_carving_from_train(tmp_path, three_class_dir):
+    folder = tmp_path / "with_validation"
+    write_pair(folder, pd.read_csv(three_class_dir / "train.csv"), pd.read_csv(three_class_dir / "test.csv"))
+    validation = three_class_reviews(30, seed=7)
+    validation.to_csv(folder / "validation.csv", index=False)
+    cfg = own_data(folder, train_size=None, val_size=12, test_size=None)
+    splits = data.prepare_splits(cfg, data.load_splits(cfg))
+    assert len(splits["train"]) == 90, "train keeps every row: nothing is carved from it"
+    assert len(splits["validation"]) == 12 and set(splits["validation"]["text"]) <= set(validation["review"])
+    assert data.label_balance(splits["validation"]) == {"negative": 4, "neutral": 4, "positive": 4}
+    carved = data.prepare_splits(cfg, data.load_splits(own_data(three_class_dir)))  # without the file: carved from train
+    assert (len(carved["train"]), len(carved["validation"])) == (78, 12)
+    assert not set(carved["train"]["text"]) & set(carved["validation"]["text"])
+
+
+def test_the_hub_unreachable_says_what_to_do(monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(data, "load_dataset", offline)
+    monkeypatch.delenv("IMDB_DATA_DIR", raising=False)
+    with pytest.raises(ValueError, match="could not be loaded .*ConnectionError.*IMDB_DATA_DIR"):
+        data.load_splits(make_config("smoke"))
+
+
+GOOD = {"review": ["a good film", "a dull film", "fine enough"], "sentiment": ["pos", "neg", "mid"]}
+
+
+@pytest.mark.parametrize(
+    "train, test, message",
+    [
+        ({"text": GOOD["review"], "sentiment": GOOD["sentiment"]}, None,
+         r"no column 'review'; its columns are \['text', 'sentiment'\].*text_column and label_column"),
+        ({"review": GOOD["review"], "sentiment": ["pos"] * 3}, None, r"one class only \(\['pos'\]\)"),
+        ({"review": ["a good film", "", "fine"], "sentiment": GOOD["sentiment"]}, None, "1 empty or non-text entries in 'review'"),
+        ({"review": ["a good film", "   ", "fine"], "sentiment": GOOD["sentiment"]}, None, r"first at row 1: '   '"),
+        (GOOD, {"review": ["a good film", "odd"], "sentiment": ["pos", "weird"]}, r"test split has labels never seen in train: \['weird'\]"),
+    ],
+)  # fmt: skip
+def test_bad_data_gets_one_clear_line(train, test, message, tmp_path):
+    folder = write_pair(tmp_path, pd.DataFrame(train), None if test is None else pd.DataFrame(test))
+    with pytest.raises(ValueError, match=message) as error:
+        data.load_splits(own_data(folder))
+    assert "\n" not in str(error.value)
+
+
+def test_non_text_entries_and_mixed_label_types_are_refused(tmp_path):
+    rows = [{"review": "a good film", "sentiment": "pos"}, {"review": 5, "sentiment": "neg"}]
+    (tmp_path / "a").mkdir()
+    for split in ("train", "test"):
+        (tmp_path / "a" / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(ValueError, match=r"empty or non-text entries in 'review' \(first at row 1: 5\)"):
+        data.load_splits(own_data(tmp_path / "a"))
+    rows = [{"review": "a good film", "sentiment": "pos"}, {"review": "dull", "sentiment": 1}]
+    (tmp_path / "b").mkdir()
+    for split in ("train", "test"):
+        (tmp_path / "b" / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(ValueError, match=r"all integers or all strings; found \['int', 'str'\]"):
+        data.load_splits(own_data(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_unreadable_files_and_missing_splits_are_named(suffix, tmp_path):
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    for split in ("train", "test"):
+        (garbage / f"{split}{suffix}").write_bytes(b"PAR1" + bytes(range(256)) * 8)
+    with pytest.raises(ValueError, match=f"Could not read the data files in {garbage}"):
+        data.load_splits(own_data(garbage))
+    no_test = tmp_path / "no_test"
+    no_test.mkdir()
+    pd.DataFrame(GOOD).to_csv(no_test / "train.csv", index=False)
+    (no_test / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"must hold a train and a test file .*it holds \['notes.txt', 'train.csv'\]"):
+        data.load_splits(own_data(no_test))
 
 
 def test_tokenize_truncates_counts_and_does_not_pad(toy_tokenized, tokenizer):

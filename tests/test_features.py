@@ -4,11 +4,12 @@ import torch
 from transformers import DataCollatorWithPadding
 
 from peft_sentiment.features import extract_features
-from peft_sentiment.models import build_variant
+from peft_sentiment.models import build_model
+from peft_sentiment.variants import VARIANTS
 
 
-def test_cached_features_are_exactly_what_the_head_sees(tiny_model_path, tokenizer, toy_tokenized):
-    model = build_variant("head_only", tiny_model_path, tokenizer, seed=0)
+def test_cached_features_are_exactly_what_the_head_sees(toy_cfg, tiny_model_path, tokenizer, toy_tokenized):
+    model = build_model(toy_cfg, VARIANTS["head_only"], tiny_model_path, tokenizer, ["neg", "pos"])
     subset = toy_tokenized["test"].select(range(10))
     features, tokens = extract_features(model, subset, tokenizer, batch_size=4)
     assert tokens["real"] == sum(subset["length"])

@@ -8,6 +8,7 @@ import torch
 from peft_sentiment import hardware
 from peft_sentiment.config import make_config
 from peft_sentiment.train import make_training_args
+from peft_sentiment.variants import VARIANTS
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def test_auto_precision_is_bf16_only_on_cpus_that_compute_it_natively(cpu_with, 
     cpu_with(*flags)
     assert hardware.resolve_precision("auto") == expected
     assert expected in hardware.describe_precision("auto")
-    args = make_training_args(make_config("smoke", work_dir="runs/test-precision"), "lora")
+    args = make_training_args(make_config("smoke", work_dir="runs/test-precision"), VARIANTS["lora"])
     assert (args.bf16, args.fp16) == (expected == "bf16", False)
 
 

@@ -4,23 +4,31 @@ import shutil
 import pytest
 import torch
 
-from peft_sentiment import catalog, inference
-from peft_sentiment.models import build_variant
+from peft_sentiment import catalog, inference, models
+from peft_sentiment.variants import VARIANTS
+
+LABELS = ["neg", "pos"]
+
+
+def perturbed(cfg, variant: str, model_path, tokenizer, labels=LABELS):
+    """The declared variant's model with non-zero LoRA B and a moved head, so that the adapter visibly matters."""
+    model = models.build_model(cfg, VARIANTS[variant], model_path, tokenizer, labels)
+    with torch.no_grad():  # B starts at zero; make the adapter matter so the test can see it
+        for name, p in model.named_parameters():
+            if "lora_B" in name or ".score." in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, toy_cfg, tiny_model_path, tokenizer, lora_config, bnb_config):
+def saved(tmp_path_factory, toy_cfg, tiny_model_path, tokenizer, bnb_config):
     """A LoRA and an NF4 LoRA adapter (with perturbed, non-zero B) saved to disk."""
     folder = tmp_path_factory.mktemp("adapters")
     out = {}
     for variant, bnb_cfg in (("lora", None), ("nf4_lora", bnb_config)):
-        model = build_variant(variant, tiny_model_path, tokenizer, seed=0, lora_config=lora_config, bnb_config=bnb_cfg)
-        with torch.no_grad():  # B starts at zero; make the adapter matter so the test can see it
-            for name, p in model.named_parameters():
-                if "lora_B" in name or ".score." in name:
-                    p.add_(torch.randn_like(p) * 0.5)
-        meta = inference.adapter_meta(toy_cfg, variant, tiny_model_path, bnb_cfg)
-        out[variant] = (model.eval(), inference.save_adapter(model, tokenizer, folder / variant, meta))
+        model = perturbed(toy_cfg, variant, tiny_model_path, tokenizer)
+        meta = inference.trained_meta(toy_cfg, VARIANTS[variant], tiny_model_path, LABELS, bnb_cfg)
+        out[variant] = (model, inference.save_trained(model, tokenizer, folder / variant, meta))
     return out
 
 
@@ -53,26 +61,31 @@ def test_nf4_adapter_reloads_its_embedding_precision(saved, tmp_path):
     assert {m.weight.dtype for m in reloaded.modules() if isinstance(m, torch.nn.Embedding)} == {torch.float32}
 
 
-def test_model_card_states_base_profile_and_quantization(saved):
-    card = (saved["nf4_lora"][1] / "README.md").read_text()
-    assert "base_model: tiny-gpt2" in card and "Profile: `smoke`" in card and "NF4" in card
-
-
-def test_model_card_parses_and_names_no_machine_path(saved, tmp_path):
+def test_the_model_card_adds_this_projects_section_to_pefts(saved):
     from huggingface_hub import ModelCard
 
-    folder = saved["lora"][1]
-    card = ModelCard.load(folder / "README.md")
-    assert card.data.library_name == "peft" and card.data.base_model == "tiny-gpt2" and card.data.datasets == ["stanfordnlp/imdb"]
-    assert str(tmp_path.anchor + "tmp") not in card.text and "/pytest-" not in card.text
-    # a base with a Hub id is recorded by it, for AutoPeftModel, and the card says where its weights came from
+    card = ModelCard.load(saved["nf4_lora"][1] / "README.md")
+    assert card.data.library_name == "peft" and "## Model Details" in card.text  # peft's own card, kept
+    section = card.text.split("## peft_sentiment: ", 1)[1]  # ours, added after it
+    assert section.startswith("`nf4_lora` on `tiny-gpt2`, stanfordnlp/imdb")  # the dataset is named
+    assert "Profile `smoke`" in section and "classes ['neg', 'pos']" in section and "NF4" in section
 
+
+def test_the_card_section_names_hub_bases_data_and_metrics_and_no_machine_path(saved, records):
+    # a base with a Hub id is recorded by it, for AutoPeftModel, and the card says where its weights came from
     assert catalog.hub_base_model("smollm2-135m", "/any/cache/smollm2-135m") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert catalog.hub_base_model("gpt2", "gpt2") == "gpt2"
     smollm2 = {"variant": "lora", "base_model": "smollm2-135m", "hub_base_model": "HuggingFaceTB/SmolLM2-135M-Instruct",
-               "profile": "cpu", "max_length": 256, "labels": ["neg", "pos"], "quantization": None}  # fmt: skip
-    card = ModelCard(inference.model_card(smollm2, None))
-    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and "Q4_1 GGUF" in card.text
+               "profile": "cpu", "max_length": 256, "labels": ["negative", "neutral", "positive"], "quantization": None,
+               "dataset": "my_reviews"}  # fmt: skip
+    record = records[2] | {"config": {"train_size": 90, "val_size": 12, "seed": 42}, "command": "python -m peft_sentiment train"}
+    section = inference.model_card_section(smollm2, record)
+    assert "`lora` on `HuggingFaceTB/SmolLM2-135M-Instruct`, my_reviews" in section and "Q4_1 GGUF" in section
+    assert "classes ['negative', 'neutral', 'positive']" in section and "macro F1 0.8800" in section
+    assert "Data: train 90, validation 12, test 100 (seed 42)" in section and "`python -m peft_sentiment train`" in section
+    # a base built here has only a local folder: the section names its short name instead
+    tiny = json.loads((saved["lora"][1] / inference.META_FILE).read_text())
+    assert tiny["hub_base_model"].startswith("/") and tiny["hub_base_model"] not in inference.model_card_section(tiny, None)
 
 
 @pytest.mark.parametrize("variant", ["lora", "nf4_lora"])
@@ -82,7 +95,7 @@ def test_auto_peft_model_loads_the_adapter_where_its_base_resolves(saved, varian
 
     model, folder = saved[variant]
     config = json.loads((folder / "adapter_config.json").read_text())
-    assert config["modules_to_save"] == ["classifier", "score"]  # once each (peft adds them to the config it gets)
+    assert config["modules_to_save"] == ["score"]  # the head these models have (peft's default adds `classifier`)
     kwargs = {}
     if variant == "nf4_lora":
         from transformers import BitsAndBytesConfig
@@ -121,6 +134,9 @@ def test_predict_reviews_keeps_order_and_gives_probabilities(saved, tokenizer):
     assert modes == [True, True]
     assert len(out) == 6 and all(o["label"] in ("neg", "pos") and 0.5 <= o["probability"] <= 1 for o in out)
     assert out[0] == out[1] == out[2]
+    for o in out:  # every class's probability, the label the most probable one's
+        assert len(o["probabilities"]) == 2 and sum(o["probabilities"]) == pytest.approx(1)
+        assert o["probability"] == max(o["probabilities"]) and o["label"] == LABELS[o["probabilities"].index(o["probability"])]
 
 
 def test_incomplete_or_unsafe_adapter_folders_are_refused(saved, tmp_path):
@@ -145,26 +161,29 @@ def test_a_crash_mid_save_leaves_the_previous_adapter_intact(saved, tokenizer, t
     model, source = saved["lora"]
     target = tmp_path / "saved_f32_lora"
     meta = json.loads((source / inference.META_FILE).read_text())
-    inference.save_adapter(model, tokenizer, target, meta)
+    inference.save_trained(model, tokenizer, target, meta)
     before = (target / "adapter_model.safetensors").read_bytes()
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(inference, "model_card", crash)
+    monkeypatch.setattr(inference, "model_card_section", crash)
     with pytest.raises(OSError, match="disk full"):
-        inference.save_adapter(model, tokenizer, target, meta)
+        inference.save_trained(model, tokenizer, target, meta)
     assert (target / "adapter_model.safetensors").read_bytes() == before
     inference.load_adapter(target)  # still loads
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_f32_lora"], "no temporary folder left behind"
 
 
 def test_saving_offline_looks_nothing_up_and_warns_nothing(saved, tokenizer, tmp_path, recwarn):
     model, source = saved["lora"]
     # a committed adapter names its Hub base, which is out of reach here (the toy's names a local folder)
     meta = json.loads((source / inference.META_FILE).read_text()) | {"hub_base_model": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-    inference.save_adapter(model, tokenizer, tmp_path / "adapter", meta)
+    inference.save_trained(model, tokenizer, tmp_path / "adapter", meta)
     assert not [w for w in recwarn if "config" in str(w.message) or "remote file" in str(w.message)]
     assert "embed_tokens" not in str(safe_open_keys(tmp_path / "adapter" / "adapter_model.safetensors"))
+    card = (tmp_path / "adapter" / "README.md").read_text()  # a base with a Hub id: the card names no machine path
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card and "/tmp" not in card and "/pytest-" not in card
 
 
 def safe_open_keys(path) -> list[str]:
@@ -174,7 +193,7 @@ def safe_open_keys(path) -> list[str]:
         return list(handle.keys())
 
 
-def test_adapter_on_another_base_or_label_count_is_refused(saved, tmp_path, toy_cfg):
+def test_adapter_on_another_base_is_refused(saved, tmp_path):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     other = tmp_path / "wider-gpt2"
@@ -183,12 +202,20 @@ def test_adapter_on_another_base_or_label_count_is_refused(saved, tmp_path, toy_
     )
     with pytest.raises(ValueError, match="was trained on tiny-gpt2"):
         inference.load_adapter(saved["lora"][1], model_path=str(other))
-    relabelled = tmp_path / "three_labels"
-    shutil.copytree(saved["lora"][1], relabelled)
-    meta = json.loads((relabelled / inference.META_FILE).read_text())
-    (relabelled / inference.META_FILE).write_text(json.dumps({**meta, "num_labels": 3}))
-    with pytest.raises(ValueError, match="trained for 3 labels"):
-        inference.load_adapter(relabelled)
+
+
+def test_an_adapter_of_three_classes_reloads_with_their_names(toy_cfg, tiny_model_path, tokenizer, tmp_path):
+    names = ["negative", "neutral", "positive"]
+    model = perturbed(toy_cfg, "lora", tiny_model_path, tokenizer, names)
+    meta = inference.trained_meta(toy_cfg, VARIANTS["lora"], tiny_model_path, names, None)
+    folder = inference.save_trained(model, tokenizer, tmp_path / "three", meta)
+    assert inference.check_adapter_dir(folder)["labels"] == names
+    reloaded, reloaded_tokenizer = inference.load_adapter(folder)
+    assert reloaded.config.id2label == dict(enumerate(names))
+    texts = ["a good film", "the plot was dull"]
+    out = inference.predict_reviews(reloaded, reloaded_tokenizer, texts, 32, **{"precision": meta["precision"]})
+    assert out == inference.predict_reviews(model, tokenizer, texts, 32, precision=meta["precision"])
+    assert all(len(o["probabilities"]) == 3 and o["label"] in names for o in out)
 
 
 @pytest.mark.parametrize("variant", ["lora", "nf4_lora"])
@@ -211,7 +238,7 @@ def test_an_adapter_encodes_reviews_the_way_it_was_trained(saved, toy_cfg, token
     model, folder = saved["lora"]
     cfg = dataclasses.replace(toy_cfg, truncation="tail", truncation_head_share=0.5, precision="fp32")
     tail = tmp_path / "tail"
-    inference.save_adapter(model, tokenizer, tail, inference.adapter_meta(cfg, "lora", tiny_model_path, None))
+    inference.save_trained(model, tokenizer, tail, inference.trained_meta(cfg, VARIANTS["lora"], tiny_model_path, LABELS, None))
     meta = inference.check_adapter_dir(tail)
     expected = {"max_length": cfg.max_length, "suffix": "", "truncation": "tail", "head_share": 0.5, "precision": "fp32"}
     assert inference.encoding(meta) == expected
@@ -238,22 +265,54 @@ def test_a_reloaded_adapter_predicts_what_the_trainer_recorded_in_its_precision(
 
     model, _ = saved["lora"]
     cfg = dataclasses.replace(toy_cfg, precision=precision, work_dir=str(tmp_path / "work"))
-    folder = inference.save_adapter(
-        model, tokenizer, tmp_path / "adapter", inference.adapter_meta(cfg, "lora", tiny_model_path, None)
+    folder = inference.save_trained(
+        model, tokenizer, tmp_path / "adapter", inference.trained_meta(cfg, VARIANTS["lora"], tiny_model_path, LABELS, None)
     )
     meta = inference.check_adapter_dir(folder)
     # what a record holds: the Trainer's evaluation, under the autocast of the run's precision
     evaluated = inference.load_adapter(folder)[0]
-    args = train.make_training_args(cfg, "lora", eval_strategy="no")
+    args = train.make_training_args(cfg, VARIANTS["lora"], eval_strategy="no")
     trainer = Trainer(model=evaluated, args=args, data_collator=train.make_collator(tokenizer))
-    _, recorded = train.predict_in_order(trainer, toy_tokenized["test"].select(range(16)))
+    _, probabilities = train.predict_in_order(trainer, toy_tokenized["test"].select(range(16)))
+    recorded = probabilities[:, 1].tolist()  # a binary record keeps P(pos)
 
     reloaded, reloaded_tokenizer = inference.load_adapter(folder)
     texts = toy_splits["test"]["text"][:16]
-    as_trained = inference.pos_probabilities(
-        inference.predict_reviews(reloaded, reloaded_tokenizer, texts, **inference.encoding(meta))
-    )
-    in_fp32 = inference.pos_probabilities(inference.predict_reviews(reloaded, reloaded_tokenizer, texts, cfg.max_length))
+    as_trained = positive(inference.predict_reviews(reloaded, reloaded_tokenizer, texts, **inference.encoding(meta)))
+    in_fp32 = positive(inference.predict_reviews(reloaded, reloaded_tokenizer, texts, cfg.max_length))
     assert as_trained == pytest.approx(recorded, abs=1e-5)
     if precision == "bf16":  # bf16 rounding is visible: predicting in fp32 would not reproduce the record
         assert max(abs(a - b) for a, b in zip(in_fp32, recorded, strict=True)) > 1e-4
+
+
+def positive(outputs) -> list[float]:
+    """P(pos) of each of `predict_reviews`' results: what a binary record keeps."""
+    return [o["probabilities"][1] for o in outputs]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # auto picks bf16 on CPUs with AVX512-BF16: both forced
+def test_full_finetune_saves_a_whole_model_that_reproduces_its_record(precision, toy_cfg, toy_splits, tmp_path):
+    import dataclasses
+
+    from peft_sentiment import pipeline
+
+    cfg = dataclasses.replace(
+        toy_cfg, precision=precision, save_dir=str(tmp_path / "saved"), records_dir=str(tmp_path / "records"),
+        work_dir=str(tmp_path / "work"),
+    )  # fmt: skip
+    (record,) = pipeline.run_training(cfg, ["full_finetune"], splits=toy_splits)
+    assert (tmp_path / "records" / "full_finetune.json").is_file()
+    assert record["params"]["trainable"] == record["params"]["total"] > 0  # every weight trained
+    assert record["precision"] == precision
+    folder = pipeline.save_dir(cfg, VARIANTS["full_finetune"])
+    assert folder == tmp_path / "saved" / "saved_full_finetune"
+    files = {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", inference.META_FILE, "tokenizer.json", "README.md"} <= files
+    assert "adapter_config.json" not in files  # a plain save_pretrained folder: transformers loads it alone
+    meta = inference.check_adapter_dir(folder)
+    assert meta["kind"] == "model" and meta["variant"] == "full_finetune" and meta["precision"] == precision
+    model, tokenizer = inference.load_adapter(folder)
+    out = inference.predict_reviews(model, tokenizer, toy_splits["test"]["text"], **inference.encoding(meta))
+    assert positive(out) == pytest.approx(record["predictions"], abs=1e-5)
+    with pytest.raises(ValueError, match="whole model already"):
+        inference.merge_adapter(folder, tmp_path / "merged")

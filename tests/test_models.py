@@ -1,3 +1,5 @@
+import dataclasses
+import warnings
 from pathlib import Path
 
 import bitsandbytes as bnb
@@ -5,20 +7,27 @@ import pytest
 import torch
 
 from peft_sentiment import models
-from peft_sentiment.models import build_variant
+from peft_sentiment.variants import VARIANTS
+
+LABELS = ["neg", "pos"]
+
+
+def build(variant: str, cfg, model_path, tokenizer, labels=LABELS):
+    """The declared variant's model, as the pipeline builds it."""
+    return models.build_model(cfg, VARIANTS[variant], model_path, tokenizer, labels)
 
 
 def trainable_names(model):
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_lora_targets_every_projection_of_the_architecture_never_the_head(tiny_model_path, tokenizer, lora_config):
+def test_lora_targets_every_projection_of_the_architecture_never_the_head(toy_cfg, tiny_model_path, tokenizer, lora_config):
     """peft's "all-linear" adapts exactly the attention and MLP projections, for GPT-2 and for Llama."""
     from peft import get_peft_model
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     assert lora_config.target_modules == "all-linear" and lora_config.fan_in_fan_out  # GPT-2's Conv1D is (in, out)
-    gpt2 = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
+    gpt2 = build("lora", toy_cfg, tiny_model_path, tokenizer)
     assert models.adapted_module_names(gpt2) == ["c_attn", "c_proj", "c_fc"]
     llama = LlamaForSequenceClassification(
         LlamaConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
@@ -30,24 +39,59 @@ def test_lora_targets_every_projection_of_the_architecture_never_the_head(tiny_m
     assert named.target_modules == {"c_attn"}
 
 
-def test_head_only_trains_only_the_head(tiny_model_path, tokenizer):
-    model = build_variant("head_only", tiny_model_path, tokenizer, seed=0)
+def test_head_only_trains_only_the_head(toy_cfg, tiny_model_path, tokenizer):
+    model = build("head_only", toy_cfg, tiny_model_path, tokenizer)
     assert trainable_names(model) == {"score.weight"}
     assert model.config.pad_token_id == tokenizer.pad_token_id
 
 
-def test_lora_trains_adapters_and_head_only(tiny_model_path, tokenizer, lora_config):
-    model = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
+def test_lora_trains_adapters_and_head_only(toy_cfg, tiny_model_path, tokenizer):
+    model = build("lora", toy_cfg, tiny_model_path, tokenizer)
     names = trainable_names(model)
     assert names and all("lora_" in n or ".score." in n for n in names)
     assert any(".score." in n for n in names), "the head must train and be saved with the adapter"
     # every targeted projection of both blocks got an adapter
     assert sum("lora_A" in n for n in names) == 2 * 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj per block
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    # peft's SEQ_CLS default lists `classifier` too, a module these models lack: the adapter names only its head
+    assert model.peft_config["default"].modules_to_save == ["score"]
 
 
-def test_nf4_quantizes_projections_but_not_the_head(tiny_model_path, tokenizer, lora_config, bnb_config):
-    model = build_variant("nf4_lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config, bnb_config=bnb_config)
+def test_full_finetune_trains_every_weight_and_has_no_adapter(toy_cfg, tiny_model_path, tokenizer):
+    from peft import PeftModel
+
+    model = build("full_finetune", toy_cfg, tiny_model_path, tokenizer)
+    assert not isinstance(model, PeftModel) and not models.layers_4bit(model)
+    counts = models.count_parameters(model)
+    assert counts["trainable"] == counts["total"] == sum(p.numel() for p in model.parameters())
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    head = build("head_only", toy_cfg, tiny_model_path, tokenizer)
+    # the same seed, the same start: only what trains differs
+    for (name, a), b in zip(model.named_parameters(), head.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_the_class_names_become_the_models_labels(toy_cfg, tiny_model_path, tokenizer):
+    names = ["negative", "neutral", "positive"]
+    for variant in ("head_only", "lora"):
+        model = build(variant, toy_cfg, tiny_model_path, tokenizer, labels=names)
+        config = model.config
+        assert config.num_labels == 3 and config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+        assert config.label2id == {"negative": 0, "neutral": 1, "positive": 2}
+        with torch.no_grad():
+            assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3)
+    # tiny-gpt2's checkpoint holds a two-class head: for three classes it starts afresh, seeded, and nothing else is lost
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = build("head_only", toy_cfg, tiny_model_path, tokenizer, labels=names)
+    b = build("head_only", toy_cfg, tiny_model_path, tokenizer, labels=names)
+    assert torch.equal(a.score.weight, b.score.weight)
+    binary = build("head_only", toy_cfg, tiny_model_path, tokenizer)
+    assert torch.equal(binary.transformer.h[0].attn.c_attn.weight, a.transformer.h[0].attn.c_attn.weight)
+
+
+def test_nf4_quantizes_projections_but_not_the_head(toy_cfg, tiny_model_path, tokenizer):
+    model = build("nf4_lora", toy_cfg, tiny_model_path, tokenizer)
     quantized = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) == 2 * 4
     layer = models.first_module_named(model, "c_attn").base_layer
@@ -57,12 +101,12 @@ def test_nf4_quantizes_projections_but_not_the_head(tiny_model_path, tokenizer, 
     assert not isinstance(head.modules_to_save["default"], bnb.nn.Linear4bit)
     assert head.modules_to_save["default"].weight.requires_grad
     assert model.base_model.model.is_gradient_checkpointing
-    lora_only = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
+    lora_only = build("lora", toy_cfg, tiny_model_path, tokenizer)
     assert model.get_memory_footprint() < lora_only.get_memory_footprint()
 
 
-def test_nf4_stores_embeddings_in_bf16_and_computes_in_fp32(tiny_model_path, tokenizer, lora_config, bnb_config):
-    model = build_variant("nf4_lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config, bnb_config=bnb_config)
+def test_nf4_stores_embeddings_in_bf16_and_computes_in_fp32(toy_cfg, tiny_model_path, tokenizer):
+    model = build("nf4_lora", toy_cfg, tiny_model_path, tokenizer)
     embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
     assert len(embeddings) == 2 and all(m.weight.dtype == torch.bfloat16 for m in embeddings)  # GPT-2: wte, wpe
     norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
@@ -71,38 +115,25 @@ def test_nf4_stores_embeddings_in_bf16_and_computes_in_fp32(tiny_model_path, tok
     hidden = model.base_model.model.transformer(input_ids=ids).last_hidden_state
     assert hidden.dtype == torch.float32
     # the fp32 copy of the same model differs from it only by the rounding of the looked-up rows
-    fp32 = models.load_classifier(tiny_model_path, tokenizer.pad_token_id)
+    fp32 = models.load_classifier(tiny_model_path, tokenizer.pad_token_id, LABELS)
     saved = models.store_embeddings_16bit(fp32)
     assert saved == sum(m.weight.numel() * 2 for m in embeddings)
     assert fp32.transformer.wte(ids).dtype == torch.float32
 
 
-def test_same_seed_same_initial_adapter(tiny_model_path, tokenizer, lora_config):
-    a = build_variant("lora", tiny_model_path, tokenizer, seed=1, lora_config=lora_config)
-    b = build_variant("lora", tiny_model_path, tokenizer, seed=1, lora_config=lora_config)
+def test_same_seed_same_initial_adapter(toy_cfg, tiny_model_path, tokenizer):
+    cfg = dataclasses.replace(toy_cfg, seed=1)
+    a = build("lora", cfg, tiny_model_path, tokenizer)
+    torch.manual_seed(123)  # whatever ran in between: build_model seeds itself
+    b = build("lora", cfg, tiny_model_path, tokenizer)
     for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb), name
 
 
-def test_count_parameters(tiny_model_path, tokenizer):
-    model = build_variant("head_only", tiny_model_path, tokenizer, seed=0)
+def test_count_parameters(toy_cfg, tiny_model_path, tokenizer):
+    model = build("head_only", toy_cfg, tiny_model_path, tokenizer)
     counts = models.count_parameters(model)
     assert counts["trainable"] == 64 * 2 and counts["total"] == sum(p.numel() for p in model.parameters())
-
-
-def test_nf4_without_bitsandbytes_says_what_to_install(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_bitsandbytes(name, *args, **kwargs):
-        if name == "bitsandbytes":
-            raise ImportError("No module named 'bitsandbytes'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_bitsandbytes)
-    with pytest.raises(RuntimeError, match="pip install bitsandbytes"):
-        models.check_bitsandbytes()
 
 
 def test_no_code_enables_remote_code_or_pickles():
@@ -118,7 +149,7 @@ def test_gpt2_loads_with_the_fused_gelu_that_computes_the_same(tiny_model_path, 
     from transformers.activations import GELUTanh, NewGELUActivation
 
     assert AutoConfig.from_pretrained(tiny_model_path).activation_function == "gelu_new"  # as gpt2's config says
-    fused = models.load_classifier(tiny_model_path, tokenizer.pad_token_id)
+    fused = models.load_classifier(tiny_model_path, tokenizer.pad_token_id, LABELS)
     assert fused.config.activation_function == "gelu_pytorch_tanh"
     assert all(isinstance(block.mlp.act, GELUTanh) for block in fused.transformer.h)
     stock = AutoModelForSequenceClassification.from_pretrained(tiny_model_path, num_labels=2)
@@ -138,7 +169,7 @@ def test_loading_is_quiet_about_the_new_head_but_warns_about_anything_else(tiny_
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the head is always new: no warning of ours either
-        models.load_classifier(tiny_model_path, tokenizer.pad_token_id)
+        models.load_classifier(tiny_model_path, tokenizer.pad_token_id, LABELS)
     assert "LOAD REPORT" not in capfd.readouterr().err
 
     broken = tmp_path / "broken"  # a checkpoint that lost one block's weight (a cut-short download, say)
@@ -147,7 +178,7 @@ def test_loading_is_quiet_about_the_new_head_but_warns_about_anything_else(tiny_
     lost = next(k for k in weights if ".h.1." in k and k.endswith("ln_1.weight"))
     save_file({k: v for k, v in weights.items() if k != lost}, Path(broken) / "model.safetensors", metadata={"format": "pt"})
     with pytest.warns(UserWarning, match=r"missing: .*h\.1\.ln_1\.weight"):
-        models.load_classifier(str(broken), tokenizer.pad_token_id)
+        models.load_classifier(str(broken), tokenizer.pad_token_id, LABELS)
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
@@ -162,8 +193,8 @@ def test_a_quantized_model_keeps_no_view_into_its_checkpoint_file(tiny_model_pat
                 ranges.append((int(start, 16), int(end, 16)))
         return [t for t in tensors if any(a <= t.untyped_storage().data_ptr() < b for a, b in ranges)]
 
-    fp32 = models.load_classifier(tiny_model_path, tokenizer.pad_token_id)
+    fp32 = models.load_classifier(tiny_model_path, tokenizer.pad_token_id, LABELS)
     assert views_into_checkpoint(fp32.parameters())  # fp32 loads zero-copy from the file (the reason for the copy below)
     del fp32
-    nf4 = models.load_classifier(tiny_model_path, tokenizer.pad_token_id, bnb_config)
+    nf4 = models.load_classifier(tiny_model_path, tokenizer.pad_token_id, LABELS, bnb_config)
     assert not views_into_checkpoint([*nf4.parameters(), *nf4.buffers()])

@@ -13,6 +13,7 @@ import pytest
 from peft_sentiment import recording, report
 from peft_sentiment.config import make_config
 from peft_sentiment.pipeline import run_training
+from peft_sentiment.variants import VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "project_peft.ipynb"
@@ -51,7 +52,7 @@ def test_committed_notebook_shows_the_committed_records():
         pytest.skip("the committed notebook is clean")
     profile = re.search(r"profile `(\w+)`", nb.cells[0].source).group(1)
     records_dir = ROOT / make_config(profile).records_dir
-    records = recording.read_records(records_dir)
+    records = recording.read_records(records_dir, order=VARIANTS)
     texts = output_texts(nb)
     joined = "\n".join(texts)
     assert {r["command"] for r in records} == {f"python bench/notebook.py --profile {profile}"}, "the notebook's run wrote them"
@@ -93,14 +94,18 @@ def test_notebook_runs_headless_on_smoke(tmp_path):
     ]
     subprocess.run(cmd, cwd=tmp_path, env=env, check=True, timeout=900)
 
-    records = recording.read_records(tmp_path / "runs/smoke/records")
-    assert [r["variant"] for r in records] == ["head_only", "lora", "nf4_lora"]
+    records = recording.read_records(tmp_path / "runs/smoke/records", order=VARIANTS)
+    assert [r["variant"] for r in records] == list(VARIANTS)  # every declared variant, full fine-tuning included
     for r in records:
         assert r["profile"] == "smoke" and r["metrics"]["test_reviews"] == 128
         assert 0 <= r["metrics"]["accuracy"] <= 1 and 0 <= r["metrics"]["roc_auc"] <= 1
-    for name in ("saved_f32_lora", "saved_nf4_lora"):
-        assert (tmp_path / "runs/smoke" / name / "adapter_model.safetensors").is_file()
-        assert not (tmp_path / name).exists(), "smoke must not write the committed adapter folders"
+    for name, weights in (
+        ("saved_f32_lora", "adapter_model"),
+        ("saved_nf4_lora", "adapter_model"),
+        ("saved_full_finetune", "model"),
+    ):
+        assert (tmp_path / "runs/smoke" / name / f"{weights}.safetensors").is_file()
+        assert not (tmp_path / name).exists(), "smoke must not write the committed folders"
     executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
     assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert "LOAD REPORT" not in "".join(output_texts(executed))
@@ -108,7 +113,7 @@ def test_notebook_runs_headless_on_smoke(tmp_path):
     # The models the notebook builds in view are the package's: its pipeline predicts the same on every review.
     out = tmp_path / "package"
     cfg = make_config("smoke", data_dir=env["IMDB_DATA_DIR"], records_dir=str(out / "records"), work_dir=str(out / "work"),
-                      adapter_dir_f32=str(out / "f32"), adapter_dir_nf4=str(out / "nf4"))  # fmt: skip
+                      save_dir=str(out))  # fmt: skip
     for notebook_record, package_record in zip(records, run_training(cfg), strict=True):
         assert notebook_record["variant"] == package_record["variant"]
         assert notebook_record["predictions"] == pytest.approx(package_record["predictions"], abs=1e-6)

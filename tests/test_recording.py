@@ -2,10 +2,14 @@
 
 import copy
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from peft_sentiment import recording
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_records_round_trip_in_variant_order(records, tmp_path):
@@ -15,12 +19,33 @@ def test_records_round_trip_in_variant_order(records, tmp_path):
     back = recording.read_records(tmp_path)
     assert [r["variant"] for r in back] == ["head_only", "lora", "nf4_lora"]
     assert back[1] == json.loads(json.dumps(records[2]))
+    # in the order the variants are declared (tables and plots), a record of an undeclared variant last
+    recording.write_record({**records[0], "variant": "aaa_own"}, tmp_path)
+    ordered = recording.read_records(tmp_path, order=["lora", "nf4_lora", "head_only"])
+    assert [r["variant"] for r in ordered] == ["lora", "nf4_lora", "head_only", "aaa_own"]
+
+
+def test_records_from_before_datasets_were_settings_are_read_and_upgraded(records, tmp_path):
+    """A record written before issue 23 (no dataset, labels or macro F1) reads as IMDB's, its macro F1 computed."""
+    old = copy.deepcopy(records[0]) | {"predictions": [0.9, 0.2, 0.4, 0.7], "test_labels": [1, 0, 1, 1]}
+    del old["dataset"], old["labels"], old["metrics"]["f1_macro"]
+    recording.write_json_atomic(old, tmp_path / "nf4_lora.json")
+    (back,) = recording.read_records(tmp_path)
+    assert back["dataset"] == "stanfordnlp/imdb" and back["labels"] == ["neg", "pos"]
+    # predicted 1 0 0 1 against 1 0 1 1: class 0 F1 2/3, class 1 F1 4/5
+    assert back["metrics"]["f1_macro"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert {k: v for k, v in back.items() if k not in ("dataset", "labels", "metrics")} == json.loads(
+        json.dumps({k: v for k, v in old.items() if k != "metrics"})
+    )
+    committed = recording.read_records(ROOT / "results" / "cpu")  # the committed records are of that age
+    assert [r["variant"] for r in committed] == ["head_only", "lora", "nf4_lora"]
+    assert all(r["labels"] == ["neg", "pos"] and 0.5 < r["metrics"]["f1_macro"] <= 1 for r in committed)
 
 
 def test_incomplete_records_are_refused(records, tmp_path):
     broken = copy.deepcopy(records[0])
-    del broken["metrics"]["roc_auc"], broken["train_seconds"]
-    with pytest.raises(ValueError, match=r"train_seconds.*metrics.roc_auc"):
+    del broken["metrics"]["accuracy_ci95"], broken["train_seconds"]
+    with pytest.raises(ValueError, match=r"train_seconds.*metrics.accuracy_ci95"):
         recording.write_record(broken, tmp_path)
 
 
@@ -42,7 +67,7 @@ def test_a_crash_while_writing_a_record_keeps_the_previous_one(records, tmp_path
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(recording.json, "dump", crash)
+    monkeypatch.setattr(recording.json, "dumps", crash)
     with pytest.raises(OSError, match="disk full"):
         recording.write_record({**records[0], "train_seconds": 99.0}, tmp_path)
     assert path.read_text() == before
@@ -54,3 +79,34 @@ def test_a_damaged_record_is_named_in_the_error(records, tmp_path):
     path.write_text(path.read_text()[:50])
     with pytest.raises(ValueError, match=f"{path.name} is not valid JSON"):
         recording.read_records(tmp_path)
+
+
+def test_atomic_path_replaces_a_file_only_when_the_block_succeeds(tmp_path):
+    target = tmp_path / "out" / "result.json"
+    with recording.atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target  # beside it (one filesystem: the rename is atomic)
+        tmp.write_text("first")
+    assert target.read_text() == "first"
+    with pytest.raises(RuntimeError, match="crash"), recording.atomic_path(target) as tmp:
+        tmp.write_text("half of the sec")
+        raise RuntimeError("crash")
+    assert target.read_text() == "first" and os.listdir(target.parent) == ["result.json"]
+
+
+def test_atomic_path_replaces_a_whole_folder_or_nothing(tmp_path):
+    target = tmp_path / "saved_model"
+    with recording.atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "weights").write_text("v1")
+        (tmp / "config").write_text("v1")
+    assert sorted(os.listdir(target)) == ["config", "weights"]
+    with pytest.raises(KeyboardInterrupt), recording.atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "weights").write_text("v2")  # interrupted before its config was written
+        raise KeyboardInterrupt
+    assert (target / "weights").read_text() == "v1" and (target / "config").read_text() == "v1"
+    with recording.atomic_path(target) as tmp:  # a successful save replaces the folder, files it no longer has included
+        tmp.mkdir()
+        (tmp / "weights").write_text("v3")
+    assert os.listdir(target) == ["weights"] and (target / "weights").read_text() == "v3"
+    assert os.listdir(tmp_path) == ["saved_model"], "no temporary or old folder left behind"

@@ -9,13 +9,17 @@ def test_table_and_summary_come_from_the_records(records):
     assert table.loc["LoRA", "accuracy"] == 0.88 and table.loc["NF4 LoRA", "train s"] == 30.0
     md = report.markdown_table(records)
     assert md.count("\n") == 4 and "| LoRA | 0.880 |" in md
+    assert list(table.columns[:4]) == ["accuracy", "95% CI", "macro F1", "ROC-AUC"]
     summary = report.summarize_results(records)
     assert "Best test accuracy: LoRA at 88.0%" in summary
-    assert "- NF4 LoRA vs LoRA: -2.0 points." in summary
-    assert "What NF4 buys: model weights 25% of the fp32 model's bytes" in summary and "x1.50 the training time" in summary
-    assert "LoRA: 88.0% (95% CI 83.0%-93.0%)" in summary and "level with the reference's 90% (inside the interval)" in summary
-    assert "head-only: 80.0% (95% CI 75.0%-85.0%)" in summary and "level with the reference's 83%" in summary
+    assert "- NF4 LoRA vs LoRA: -2.0 points;" in summary  # the pairs the declarations name (compared_with)
+    assert "- LoRA vs head-only: +8.0 points;" in summary
+    assert "LoRA: 88.0% (95% CI 83.0%-93.0%)" in summary and "level with (inside the interval) the reference's 90%" in summary
+    assert "head-only: 80.0% (95% CI 75.0%-85.0%)" in summary and "the reference's 83%" in summary
     assert "not a like-for-like comparison" in summary  # a smoke record is not GPT-2 on full IMDB
+    # the reference figures are IMDB's: a record of another dataset is not held against them
+    other = report.summarize_results([r | {"dataset": "my_reviews"} for r in records])
+    assert "reference" not in other and "- NF4 LoRA vs LoRA: -2.0 points;" in other
 
 
 def test_summary_judges_differences_on_the_same_reviews():
@@ -29,17 +33,15 @@ def test_summary_judges_differences_on_the_same_reviews():
     ]
     baseline = {**fake_record("lora", 0.85, 3.0, 0), "variant": "tfidf_logreg"}
     summary = report.summarize_results(records, [baseline])
-    assert "LoRA vs head-only: +25.0 points; 20 reviews only LoRA gets right, 0 only head-only" in summary
+    assert "LoRA vs head-only: +25.0 points; 20 texts only LoRA gets right, 0 only head-only" in summary
     assert "(exact McNemar p = 1.9e-06): a real difference" in summary
-    assert "NF4 LoRA vs LoRA: -2.5 points; 0 reviews only NF4 LoRA gets right, 2 only LoRA" in summary
+    assert "NF4 LoRA vs LoRA: -2.5 points; 0 texts only NF4 LoRA gets right, 2 only LoRA" in summary
     assert "(exact McNemar p = 0.5): not distinguishable on this test set" in summary
-    assert "TF-IDF + logistic regression on the same reviews: 85.0% in 3 s; clearly above it" in summary
+    assert "TF-IDF + logistic regression on the same texts: 85.0% in 3 s; clearly above it" in summary
     assert summary.endswith("LoRA, NF4 LoRA.")  # head-only's interval (70-80%) is not above 85%
 
 
-def test_plots_draw_one_bar_per_variant(records):
-    fig = plots.plot_comparison(records)
-    assert [len(ax.patches) for ax in fig.axes] == [3, 3, 3]
+def test_learning_curves_run_over_fractions_of_each_run(records):
     curves = plots.plot_learning_curves(records)
     assert len(curves.axes[0].lines) == 3
     assert max(curves.axes[0].lines[0].get_xdata()) == 1.0  # fractions of each run, not steps
@@ -64,102 +66,63 @@ def test_readme_results_block_is_generated_from_records(records, tmp_path):
     baseline = {**fake_record("lora", 0.85, 3.0, 0), "variant": "tfidf_logreg"}
     recording.write_json_atomic(baseline, tmp_path / "rec" / "baselines" / "tfidf_logreg.json")
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{report.README_START}\nold\n{report.README_END}\noutro\n")
+    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\noutro\n")
     text = report.update_readme(readme, [tmp_path / "rec"])
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "| LoRA | 0.880 |" in text and "| TF-IDF + LR (baseline) | 0.850 |" in text
-    assert "IMDB train 1000 / validation 200 / test 100 reviews" in text
+    assert "`stanfordnlp/imdb` train 1000 / validation 200 / test 100" in text
     assert "What they say (generated from the records):\n\n- Best test accuracy: LoRA at 88.0%" in text
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="results:start"):
         report.update_readme(readme, [tmp_path / "rec"])
 
 
-def test_analysis_needs_labels_and_draws_every_variant(records):
-    with pytest.raises(ValueError, match="attach_test_data"):
-        report.analysis_table(records)
+def test_analysis_reads_the_records_test_labels_and_draws_every_variant(records):
     rich = []
     for r in records:
-        r = r | {"predictions": [0.9, 0.2, 0.7, 0.4], "config": {"seed": 0, "max_length": 100}}
+        r = r | {"predictions": [0.9, 0.2, 0.7, 0.4], "test_labels": [1, 0, 0, 0], "test_n_tokens": [50, 150, 80, 300],
+                 "config": {"seed": 0, "max_length": 100}}  # fmt: skip
         r["metrics"] = r["metrics"] | {"accuracy": 0.75}
-        test = {"label": [1, 0, 0, 0], "n_tokens": [50, 150, 80, 300]}
-        rich.append(report.attach_test_data(r, _Split(test)))
-    table = report.analysis_table(rich)
-    assert list(table["true pos"]) == [1, 1, 1] and list(table["false pos"]) == [1, 1, 1]
-    assert table.loc["LoRA", "truncated reviews"] == 2 and table.loc["LoRA", "accuracy truncated"] == 1.0
-    assert table.loc["LoRA", "accuracy whole reviews"] == 0.5
+        rich.append(r)
+    table = report.analysis_table(rich)  # predicted 1 0 1 0: right, right, wrong, right
+    assert list(table.columns) == [
+        "accuracy on neg", "accuracy on pos", "accuracy whole texts", "accuracy truncated", "truncated texts", "ECE"
+    ]  # fmt: skip
+    assert table.loc["LoRA", "accuracy on neg"] == pytest.approx(2 / 3) and table.loc["LoRA", "accuracy on pos"] == 1.0
+    assert table.loc["LoRA", "truncated texts"] == 2 and table.loc["LoRA", "accuracy truncated"] == 1.0
+    assert table.loc["LoRA", "accuracy whole texts"] == 0.5
     fig = plots.plot_analysis(rich)
     assert len(fig.axes) == 6
-    with pytest.raises(ValueError, match="not the record's test reviews"):
-        report.attach_test_data(rich[0], _Split({"label": [0, 1, 1, 1], "n_tokens": [1, 1, 1, 1]}))
+    assert len(fig.axes[3].get_lines()) == 3 + 1  # a ROC curve per variant, and chance
 
 
-class _Split(dict):
-    """A dataset split's stand-in: columns by name, and its length."""
-
-    def __len__(self):
-        return len(self["label"])
-
-
-def stamped_run(variant, lr, points):
-    log = [{"step": 1, "loss": 0.7}]
-    log += [{"step": 2 * i, "eval_accuracy": acc, "eval_runtime": 5.0, "train_seconds": t, "peak_memory_bytes": m}
-            for i, (t, acc, m) in enumerate(points, 1)]  # fmt: skip
-    return {"variant": variant, "learning_rate": lr, "log_history": log, "config": {}, "train_seconds": 99.0}
-
-
-def test_validation_curves_use_the_stamps_else_the_run_end_without_validation_time():
-    stamped = stamped_run("lora", 1e-3, [(10.0, 0.6, 2e9), (20.0, 0.8, 3e9)])
-    older = {  # a record from before train.TrainClock: one point, the end, validation passes subtracted
-        "variant": "nf4_lora", "config": {"lr_lora": 5e-4}, "train_seconds": 100.0, "peak_memory_bytes": {"train": 1e9},
-        "log_history": [{"step": 5, "loss": 0.5}, {"step": 10, "eval_accuracy": 0.85, "eval_runtime": 30.0}],
+def three_class_record(variant, accuracy):
+    """A record of a three-class dataset: per-class probability rows, no ROC-AUC."""
+    record = fake_record(variant, accuracy, 10.0, 100) | {
+        "dataset": "my_reviews", "labels": ["negative", "neutral", "positive"], "config": {"seed": 0, "max_length": 100},
+        "test_labels": [0, 1, 2, 2], "test_n_tokens": [50, 150, 80, 300],
+        "predictions": [[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.1, 0.1, 0.8], [0.6, 0.2, 0.2]],
     }  # fmt: skip
-    unvalidated = {"variant": "lora", "config": {"lr_lora": 1.0}, "log_history": [{"step": 1, "loss": 0.7}]}
-    curves = report.validation_curves([stamped, older, unvalidated])
-    assert [c["label"] for c in curves] == ["LoRA, lr 0.001", "NF4 LoRA, lr 0.0005"]
-    assert curves[0]["points"] == [(10.0, 0.6, 2e9), (20.0, 0.8, 3e9)]
-    assert curves[1]["points"] == [(70.0, 0.85, 1e9)]
+    record["metrics"] = {k: v for k, v in record["metrics"].items() if k not in ("precision", "recall", "f1", "roc_auc")}
+    return record
 
 
-def test_curves_name_what_a_run_changed_from_the_profile():
-    profile = {"lr_lora": 5e-4, "lora_dropout": 0.0, "head_epochs": 20, "work_dir": "runs/cpu", "evals_per_run": 1}
-    lora = stamped_run("lora", 5e-4, [(10.0, 0.9, 1e9)]) | {"config": profile | {"lora_dropout": 0.05, "evals_per_run": 4}}
-    head = stamped_run("head_only", 1e-3, [(5.0, 0.8, 1e9)]) | {"config": profile | {"lora_dropout": 0.05, "work_dir": "x"}}
-    assert report.recipe_differences(lora["config"], profile, "lora") == {"lora_dropout": 0.05}
-    assert report.recipe_differences(head["config"], profile, "head_only") == {}  # head-only has no LoRA dropout
-    # a record from before truncation settings existed ran with head truncation, which must show against head+tail
-    assert report.recipe_differences({"lr_lora": 5e-4}, {"truncation": "head+tail", "lr_lora": 5e-4}, "lora") == {
-        "truncation": "head"
-    }
-    curves = report.validation_curves([lora, head], reference=profile)
-    assert [c["setting"] for c in curves] == ["lr 0.0005, lora_dropout 0.05", "lr 0.001"]
-    assert curves[0]["label"] == "LoRA, lr 0.0005, lora_dropout 0.05"
-
-
-def test_compute_matched_table_gives_each_runs_best_accuracy_within_each_budget():
-    fast = {"variant": "head_only", "label": "head", "learning_rate": 1e-3, "setting": "lr 0.001",
-            "points": [(5.0, 0.7, 1e9), (6.0, 0.75, 1e9)]}  # fmt: skip
-    slow = {"variant": "lora", "label": "lora", "learning_rate": 1e-4, "setting": "lr 0.0001",
-            "points": [(10.0, 0.6, 3e9), (20.0, 0.9, 4e9)]}  # fmt: skip
-    assert report.best_within(slow, seconds=6) is None
-    assert report.best_within(slow, seconds=15) == 0.6
-    assert report.best_within(slow, memory_bytes=3e9) == 0.6
-    assert report.best_within(slow, seconds=20, memory_bytes=3e9) == 0.6
-    slower = {"variant": "lora", "label": "lora", "learning_rate": 1e-3, "setting": "lr 0.001, lora_r 4",
-              "points": [(8.0, 0.5, 2e9), (30.0, 0.8, 5e9)]}  # fmt: skip
-    lines = report.compute_matched_table([fast, slow, slower]).splitlines()
-    assert lines[0] == (
-        "| variant | <= 6 s (head-only's shortest run) | <= 20 s (LoRA's shortest run) | <= 1.0 GB (head-only's smallest peak) | <= 4.0 GB (LoRA's smallest peak) |"
-    )
-    assert lines[2] == "| head-only | 75.0% (lr 0.001) | 75.0% (lr 0.001) | 75.0% (lr 0.001) | 75.0% (lr 0.001) |"
-    assert lines[3] == "| LoRA | - | 90.0% (lr 0.0001) | - | 90.0% (lr 0.0001) |"  # its best run in each budget
-
-    fig = plots.plot_validation_curves([fast, slow, slower], baseline_accuracy=0.8, hardware="test machine")
-    head_ax, lora_ax = fig.axes  # one panel per variant
-    assert [ax.get_title() for ax in fig.axes] == ["head-only", "LoRA"]
-    assert len(lora_ax.lines) == 3 and list(lora_ax.lines[0].get_xdata()) == [10.0, 20.0]  # two runs, the baseline
-    labels = [t.get_text() for t in lora_ax.get_legend().get_texts()]
-    assert labels == ["lr 0.0001, peak 4.0 GB", "lr 0.001, lora_r 4, peak 5.0 GB", "TF-IDF + LR"]
+def test_three_class_records_get_tables_summary_and_plots_without_roc():
+    records = [three_class_record("head_only", 0.5), three_class_record("lora", 0.75)]
+    table = report.compare_variants(records)
+    assert "ROC-AUC" not in table.columns and "macro F1" in table.columns
+    assert "ROC-AUC" not in report.markdown_table(records)
+    summary = report.summarize_results(records)
+    assert "LoRA vs head-only: +25.0 points; 0 texts only LoRA gets right, 0 only head-only" in summary
+    analysis = report.analysis_table(records)
+    assert [c for c in analysis.columns if c.startswith("accuracy on")] == [
+        "accuracy on negative", "accuracy on neutral", "accuracy on positive"
+    ]  # fmt: skip
+    assert analysis.loc["LoRA", "accuracy on positive"] == 0.5 and 0 <= analysis.loc["LoRA", "ECE"] <= 1
+    fig = plots.plot_analysis(records)
+    roc = fig.axes[len(records)]  # after one confusion matrix per variant
+    assert [t.get_text() for t in roc.get_legend().get_texts()] == ["more than two classes: no ROC"]
+    assert fig.axes[0].get_xticklabels()[2].get_text() == "positive"  # the confusion matrices name the classes
 
 
 def test_a_block_in_another_folder_links_files_relative_to_itself(tmp_path, monkeypatch):

@@ -5,28 +5,30 @@ import pytest
 import torch
 from transformers import DataCollatorWithPadding
 
-from peft_sentiment import VARIANTS, features, train
+from peft_sentiment import features, models, train
 from peft_sentiment.features import extract_features, feature_dataset
 from peft_sentiment.hardware import autocast
-from peft_sentiment.inference import pos_probabilities, predict_reviews
-from peft_sentiment.models import build_variant
+from peft_sentiment.inference import predict_reviews
 from peft_sentiment.recording import check_record
-from peft_sentiment.train import (
-    TokenCounter,
-    make_trainer,
-    make_training_args,
-    train_head_on_features,
-    train_variant,
-)
+from peft_sentiment.train import make_trainer, make_training_args, train_head_on_features, train_variant
+from peft_sentiment.variants import VARIANTS
+
+HEAD, LORA, NF4 = VARIANTS["head_only"], VARIANTS["lora"], VARIANTS["nf4_lora"]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_a_few_steps_lower_the_loss_on_a_learnable_set(
-    variant, toy_cfg, tiny_model_path, tokenizer, toy_tokenized, lora_config, bnb_config
-):
-    model = build_variant(variant, tiny_model_path, tokenizer, seed=0, lora_config=lora_config, bnb_config=bnb_config)
+def build(variant, cfg, model_path, tokenizer):
+    """The declared variant's model on the toy data's classes, as the pipeline builds it."""
+    return models.build_model(cfg, variant, model_path, tokenizer, ["neg", "pos"])
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_a_few_steps_lower_the_loss_on_a_learnable_set(name, toy_cfg, tiny_model_path, tokenizer, toy_tokenized):
+    variant = VARIANTS[name]
+    model = build(variant, toy_cfg, tiny_model_path, tokenizer)
+    # full fine-tuning moves every weight: a step ten times smaller, as its declared learning rate is
+    lr = 1e-3 if variant.trains == "all" else 1e-2
     args = make_training_args(
-        toy_cfg, variant, max_steps=24, eval_strategy="no", logging_steps=4, learning_rate=1e-2, warmup_steps=0
+        toy_cfg, variant, max_steps=24, eval_strategy="no", logging_steps=4, learning_rate=lr, warmup_steps=0, save_strategy="no"
     )
     trainer = make_trainer(model, tokenizer, args, toy_tokenized["train"], toy_tokenized["validation"])
     before = trainer.evaluate(toy_tokenized["train"])["eval_loss"]
@@ -35,47 +37,50 @@ def test_a_few_steps_lower_the_loss_on_a_learnable_set(
     assert after < before - 0.05, (before, after)
 
 
-def test_token_counter_splits_train_and_eval(toy_cfg, tiny_model_path, tokenizer, toy_tokenized):
-    model = build_variant("head_only", tiny_model_path, tokenizer, seed=0)
-    trainer = make_trainer(
-        model, tokenizer, make_training_args(toy_cfg, "head_only", eval_strategy="no"), toy_tokenized["train"], None
-    )
-    counter = TokenCounter(trainer.model)
-    trainer.train()
-    trainer.evaluate(toy_tokenized["test"])
-    assert counter.tokens["train"]["real"] == sum(toy_tokenized["train"]["length"])  # one epoch, every token once
-    assert counter.tokens["eval"]["real"] == sum(toy_tokenized["test"]["length"])
-    assert counter.tokens["train"]["padded"] >= counter.tokens["train"]["real"]
+def test_the_trainer_counts_the_real_tokens_trained_on(toy_cfg, tiny_model_path, tokenizer, toy_tokenized, tmp_path):
+    cfg = dataclasses.replace(toy_cfg, work_dir=str(tmp_path))
+    model = build(HEAD, cfg, tiny_model_path, tokenizer)
+    args = make_training_args(cfg, HEAD, eval_strategy="no", save_strategy="no")
+    trainer = make_trainer(model, tokenizer, args, toy_tokenized["train"], toy_tokenized["validation"])
+    _, training, checkpoint, tokens = train.fit(trainer, cfg)
+    assert tokens == sum(toy_tokenized["train"]["length"])  # one epoch, every real token once, no padding counted
+    assert checkpoint is None and training.seconds > 0
+    assert train.validation_tokens(trainer, toy_tokenized["validation"]) == 0  # no validation pass ran
 
 
-def test_train_variant_writes_a_complete_record(toy_cfg, tiny_model_path, tokenizer, toy_tokenized, lora_config):
-    model = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
-    _, record = train_variant(toy_cfg, "lora", model, tokenizer, toy_tokenized)
+def test_train_variant_writes_a_complete_record(toy_cfg, tiny_model_path, tokenizer, toy_tokenized):
+    model = build(LORA, toy_cfg, tiny_model_path, tokenizer)
+    _, record = train_variant(toy_cfg, LORA, model, tokenizer, toy_tokenized)
     check_record(record)
+    assert record["variant"] == "lora" and record["labels"] == ["neg", "pos"]
+    assert record["dataset"] == "stanfordnlp/imdb" and record["config"]["data_dir"]  # IMDB, from its local copy
     m = record["metrics"]
     assert 0 <= m["accuracy"] <= 1 and m["test_reviews"] == toy_cfg.test_size
+    assert {"f1_macro", "precision", "recall", "f1", "roc_auc"} <= set(m)  # two classes: the binary scores too
+    assert len(record["predictions"]) == toy_cfg.test_size and all(isinstance(p, float) for p in record["predictions"])
+    assert record["test_labels"] == toy_tokenized["test"]["label"]
+    assert record["train_tokens"] == {"real": sum(toy_tokenized["train"]["length"])}  # one epoch
+    assert record["eval_tokens"] == {"real": sum(toy_tokenized["test"]["length"])}
     assert m["accuracy_ci95"][0] <= m["accuracy"] <= m["accuracy_ci95"][1]
     assert record["params"]["trainable"] < record["params"]["total"]
     assert record["train_tokens_per_s"] > 0 and record["peak_memory_bytes"]["train"] > 0
     assert any("eval_accuracy" in e for e in record["log_history"]), "validation runs during training"
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_same_seed_same_metrics(variant, toy_cfg, tiny_model_path, tokenizer, toy_tokenized, lora_config, bnb_config):
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_same_seed_same_metrics(name, toy_cfg, tiny_model_path, tokenizer, toy_tokenized):
     results = []
     for _ in range(2):
-        model = build_variant(
-            variant, tiny_model_path, tokenizer, seed=toy_cfg.seed, lora_config=lora_config, bnb_config=bnb_config
-        )
-        record = train_variant(toy_cfg, variant, model, tokenizer, toy_tokenized)[1]
+        model = build(VARIANTS[name], toy_cfg, tiny_model_path, tokenizer)
+        record = train_variant(toy_cfg, VARIANTS[name], model, tokenizer, toy_tokenized)[1]
         results.append((record["metrics"], record["predictions"], record["train_loss"]))
     assert results[0] == results[1]
 
 
 def test_head_only_resume_reuses_the_saved_features(toy_cfg, tiny_model_path, tokenizer, toy_tokenized, monkeypatch, tmp_path):
     cfg = dataclasses.replace(toy_cfg, work_dir=str(tmp_path / "work"))
-    model = build_variant("head_only", tiny_model_path, tokenizer, seed=cfg.seed)
-    first = train_variant(cfg, "head_only", model, tokenizer, toy_tokenized)[1]
+    model = build(HEAD, cfg, tiny_model_path, tokenizer)
+    first = train_variant(cfg, HEAD, model, tokenizer, toy_tokenized)[1]
     assert sorted(p.name for p in (tmp_path / "work" / "head_only").iterdir()) == [
         "features-test.safetensors",
         "features-train.safetensors",
@@ -86,22 +91,20 @@ def test_head_only_resume_reuses_the_saved_features(toy_cfg, tiny_model_path, to
         raise AssertionError("the frozen forward pass ran again")
 
     monkeypatch.setattr(features, "extract_features", no_forward_pass)
-    model = build_variant("head_only", tiny_model_path, tokenizer, seed=cfg.seed)
-    resumed = train_variant(cfg, "head_only", model, tokenizer, toy_tokenized, resume=True)[1]
+    model = build(HEAD, cfg, tiny_model_path, tokenizer)
+    resumed = train_variant(cfg, HEAD, model, tokenizer, toy_tokenized, resume=True)[1]
     assert resumed["metrics"] == first["metrics"] and resumed["predictions"] == first["predictions"]
     # other reviews are never served stale features: they are computed (here: refused by the patch)
     with pytest.raises(AssertionError, match="ran again"):
-        train_variant(
-            cfg, "head_only", model, tokenizer, {**toy_tokenized, "test": toy_tokenized["test"].select(range(8))}, resume=True
-        )
+        train_variant(cfg, HEAD, model, tokenizer, {**toy_tokenized, "test": toy_tokenized["test"].select(range(8))}, resume=True)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16 forced: emulated on CPUs without it, native on the others
 def test_head_on_cached_features_trains_the_models_own_head(precision, toy_cfg, tiny_model_path, tokenizer, toy_tokenized):
     cfg = dataclasses.replace(toy_cfg, precision=precision)
-    model = build_variant("head_only", tiny_model_path, tokenizer, seed=0)
+    model = build(HEAD, cfg, tiny_model_path, tokenizer)
     start = model.score.weight.detach().clone()
-    trainer, result = train_head_on_features(cfg, model, tokenizer, toy_tokenized)
+    trainer, result = train_head_on_features(cfg, HEAD, model, tokenizer, toy_tokenized)
     assert not torch.equal(model.score.weight, start), "the trained head is the model's head"
     assert result["train_tokens"]["real"] == sum(toy_tokenized["train"]["length"])  # one forward pass per review
     assert result["metrics"]["test_reviews"] == len(toy_tokenized["test"])
@@ -116,30 +119,29 @@ def test_head_on_cached_features_trains_the_models_own_head(precision, toy_cfg, 
         assert torch.allclose(model(**rows).logits[0].float(), torch.as_tensor(probs.predictions[0]), atol=1e-5)
 
 
-def test_recorded_predictions_are_in_test_order(toy_cfg, tiny_model_path, tokenizer, toy_splits, toy_tokenized, lora_config):
-    model = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
-    _, record = train_variant(toy_cfg, "lora", model, tokenizer, toy_tokenized)
+def test_recorded_predictions_are_in_test_order(toy_cfg, tiny_model_path, tokenizer, toy_splits, toy_tokenized):
+    model = build(LORA, toy_cfg, tiny_model_path, tokenizer)
+    _, record = train_variant(toy_cfg, LORA, model, tokenizer, toy_tokenized)
     texts = toy_splits["test"]["text"][:8]
     again = predict_reviews(model.eval(), tokenizer, texts, toy_cfg.max_length, toy_cfg.prompt_suffix)
     recorded = record["predictions"][:8]
-    assert pos_probabilities(again) == pytest.approx(recorded, abs=1e-5)
+    assert [o["probabilities"][1] for o in again] == pytest.approx(recorded, abs=1e-5)
     labels = [int(p > 0.5) for p in record["predictions"]]
     hits = sum(a == b for a, b in zip(labels, toy_splits["test"]["label"], strict=True))
     assert hits / len(labels) == pytest.approx(record["metrics"]["accuracy"])
 
 
 def test_last_checkpoint_passes_over_one_cut_short_by_a_crash(tmp_path):
-    import types
-
+    # the Trainer writes trainer_state.json last: a checkpoint without it was cut short
     for step, parts in ((6, ("trainer_state.json", "optimizer.pt", "scheduler.pt", "adapter_model.safetensors")),
-                        (12, ("trainer_state.json",))):  # fmt: skip
+                        (12, ("adapter_model.safetensors", "optimizer.pt"))):  # fmt: skip
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         for part in parts:
             (folder / part).write_text("x")
-    trainer = types.SimpleNamespace(args=types.SimpleNamespace(output_dir=str(tmp_path)))
-    assert train.last_checkpoint(trainer) == str(tmp_path / "checkpoint-6")
-    assert train.last_checkpoint(types.SimpleNamespace(args=types.SimpleNamespace(output_dir=str(tmp_path / "none")))) is None
+    assert train.last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-6")
+    assert not (tmp_path / "checkpoint-12").exists(), "the cut-short one is removed: the Trainer would pick it next time"
+    assert train.last_checkpoint(tmp_path / "none") is None
 
 
 def test_checkpoints_resume_only_the_settings_that_wrote_them(toy_cfg, tmp_path, capsys):
@@ -196,10 +198,8 @@ def test_forced_bf16_cpu_detection_really_packs_an_inference_model(
     force_bf16_cpu_kernels, tiny_model_path, tokenizer, toy_tokenized, bnb_config
 ):
     """The control for the test below: without the guard, one evaluation pass packs every 4-bit layer."""
-    from peft_sentiment import models
-
     force_bf16_cpu_kernels()
-    model = models.load_classifier(tiny_model_path, tokenizer.pad_token_id, bnb_config, cpu_inference_kernel=True)
+    model = models.load_classifier(tiny_model_path, tokenizer.pad_token_id, ["neg", "pos"], bnb_config, cpu_inference_kernel=True)
     batch = DataCollatorWithPadding(tokenizer)([toy_tokenized["test"].select_columns(["input_ids", "attention_mask"])[0]])
     with torch.no_grad():
         model.eval()(**batch)
@@ -210,15 +210,14 @@ def test_forced_bf16_cpu_detection_really_packs_an_inference_model(
 
 
 def test_nf4_evaluate_then_train_on_a_bf16_cpu_equals_an_unpacked_run(
-    force_bf16_cpu_kernels, toy_cfg, tiny_model_path, tokenizer, toy_tokenized, lora_config, bnb_config
+    force_bf16_cpu_kernels, toy_cfg, tiny_model_path, tokenizer, toy_tokenized
 ):
     """The project's evaluate-then-train sequence (mid-run validation, an untrained baseline) trains the same on both CPUs."""
-    from peft_sentiment import models
 
     def evaluate_then_train():
-        model = build_variant("nf4_lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config, bnb_config=bnb_config)
+        model = build(NF4, toy_cfg, tiny_model_path, tokenizer)
         start = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
-        args = make_training_args(toy_cfg, "nf4_lora", max_steps=4, eval_strategy="no", save_strategy="no", warmup_steps=0)
+        args = make_training_args(toy_cfg, NF4, max_steps=4, eval_strategy="no", save_strategy="no", warmup_steps=0)
         trainer = make_trainer(model, tokenizer, args, toy_tokenized["train"], toy_tokenized["validation"])
         trainer.evaluate()
         trainer.train()
@@ -236,8 +235,8 @@ def test_nf4_evaluate_then_train_on_a_bf16_cpu_equals_an_unpacked_run(
         assert torch.equal(on_bf16_cpu[name], unpacked[name]), name
 
 
-def test_activation_cost_shows_checkpointing_keeps_less_for_backward(tiny_model_path, tokenizer, toy_tokenized, lora_config):
-    model = build_variant("lora", tiny_model_path, tokenizer, seed=0, lora_config=lora_config)
+def test_activation_cost_shows_checkpointing_keeps_less_for_backward(toy_cfg, tiny_model_path, tokenizer, toy_tokenized):
+    model = build(LORA, toy_cfg, tiny_model_path, tokenizer)
     model.config.use_cache = False
     rows = toy_tokenized["train"].select(range(4)).select_columns(["input_ids", "attention_mask", "label"])
     batch = train.make_collator(tokenizer)(list(rows))

@@ -1,4 +1,4 @@
-"""An `evaluate` metric module for binary sentiment, loaded from this folder (no Hub download).
+"""An `evaluate` metric module for text classification, loaded from this folder (no Hub download).
 
 `evaluate.load("accuracy")` fetches its script from the Hub and fails offline; loading this folder's
 path works offline and online alike, and scikit-learn does the arithmetic.
@@ -6,13 +6,17 @@ path works offline and online alike, and scikit-learn does the arithmetic.
 
 import datasets
 import evaluate
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
 
-_DESCRIPTION = "Accuracy, precision, recall, F1 (positive class) and ROC-AUC of a binary classifier."
+_DESCRIPTION = (
+    "Accuracy and macro F1 of a classifier; for two classes also precision, recall, F1 of the second class and ROC-AUC."
+)
 _INPUTS = """
-    predictions: probability of the positive class per example (float in [0, 1]).
-    references: true label per example (0 or 1).
-Returns: accuracy, precision, recall, f1, roc_auc (roc_auc is NaN when only one class is present).
+    predictions: the probability of each class per example (a list of floats that sums to 1).
+    references: true class index per example.
+Returns: accuracy, f1_macro; with two classes also precision, recall, f1 (of class 1) and roc_auc
+(NaN when only one class is present). ROC-AUC and the class-1 scores have no single multi-class meaning.
 """
 
 
@@ -22,18 +26,22 @@ class SentimentMetric(evaluate.Metric):
             description=_DESCRIPTION,
             citation="",
             inputs_description=_INPUTS,
-            features=datasets.Features({"predictions": datasets.Value("float64"), "references": datasets.Value("int64")}),
+            features=datasets.Features(
+                {"predictions": datasets.Sequence(datasets.Value("float64")), "references": datasets.Value("int64")}
+            ),
         )
 
     def _compute(self, predictions, references):
-        # p > 0.5 is exactly argmax over two softmax logits (ties go to label 0 in both).
-        labels = [int(p > 0.5) for p in predictions]
-        precision, recall, f1, _ = precision_recall_fscore_support(references, labels, average="binary", zero_division=0)
-        both_classes = len(set(references)) == 2
-        return {
+        probabilities = np.asarray(predictions, dtype=np.float64)
+        labels = probabilities.argmax(axis=1)  # ties go to the lower class, as argmax over logits does
+        classes = list(range(probabilities.shape[1]))
+        scores = {
             "accuracy": float(accuracy_score(references, labels)),
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(f1),
-            "roc_auc": float(roc_auc_score(references, predictions)) if both_classes else float("nan"),
+            "f1_macro": float(f1_score(references, labels, labels=classes, average="macro", zero_division=0)),
         }
+        if len(classes) == 2:
+            precision, recall, f1, _ = precision_recall_fscore_support(references, labels, average="binary", zero_division=0)
+            both = len(set(references)) == 2
+            auc = float(roc_auc_score(references, probabilities[:, 1])) if both else float("nan")
+            scores |= {"precision": float(precision), "recall": float(recall), "f1": float(f1), "roc_auc": auc}
+        return scores

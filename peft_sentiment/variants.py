@@ -1,0 +1,84 @@
+"""The variants, each declared once: how its model is built, what its training changes, its label and reference.
+
+Everything else (the CLI's choices, the pipeline, records, tables, plots, the notebook and the
+benchmarks) reads these declarations and never a variant's name, so a new variant is one `declare(...)`
+here or in your own code. `models.build_model` turns a declaration into a model; `train.make_training_args`
+gives it its learning rate and training-argument deltas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from peft_sentiment.models import make_lora_config, make_nf4_config
+
+TRAINS = ("head", "adapter", "all")  # what a variant's optimizer updates: the head alone, adapters (+ head), every weight
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to fine-tune: a declaration the package builds, trains, records and reports."""
+
+    name: str  # the record's file name and the CLI's choice
+    label: str  # how tables, plots and prose name it
+    trains: str  # one of TRAINS
+    learning_rate: str  # the Config field holding its learning rate (a profile tunes it there)
+    quantization: Callable | None = None  # cfg -> BitsAndBytesConfig: the base loaded quantized
+    peft_config: Callable | None = None  # (cfg, model_path) -> a peft config (LoraConfig): adapters on the base
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
+    training_args: Mapping = field(default_factory=dict)  # TrainingArguments that differ from the shared ones
+    save_dir: str | None = None  # folder under cfg.save_dir for the trained adapter or model; None = not saved
+    reference_accuracy: float | None = None  # what the reference notebook reached (GPT-2, all of IMDB), if it ran it
+    compared_with: str | None = None  # the variant whose predictions the summary tests this one's against
+
+    def __post_init__(self):
+        if self.trains not in TRAINS:
+            raise ValueError(f"Variant {self.name!r}: trains={self.trains!r}; choose one of {', '.join(TRAINS)}.")
+        if (self.trains == "adapter") != (self.peft_config is not None):
+            raise ValueError(f"Variant {self.name!r}: trains='adapter' exactly when it has a peft_config.")
+
+
+VARIANTS: dict[str, Variant] = {}  # in declaration order: the order of tables, plots and runs
+
+
+def declare(variant: Variant) -> Variant:
+    """Register `variant` (replacing one of the same name) so that every part of the package offers it."""
+    VARIANTS[variant.name] = variant
+    return variant
+
+
+def get_variant(name: str) -> Variant:
+    """The declared variant `name`, or a ValueError listing the declared ones."""
+    if name not in VARIANTS:
+        raise ValueError(f"Unknown variant {name!r}. Valid variants: {', '.join(VARIANTS)}.")
+    return VARIANTS[name]
+
+
+def label_of(name: str) -> str:
+    """A variant's label for tables and plots; a record of a variant not declared here keeps its name."""
+    return VARIANTS[name].label if name in VARIANTS else name
+
+
+declare(Variant("head_only", "head-only", trains="head", learning_rate="lr_head", reference_accuracy=0.83))
+declare(
+    Variant(
+        "lora", "LoRA", trains="adapter", learning_rate="lr_lora", peft_config=make_lora_config,
+        save_dir="saved_f32_lora", reference_accuracy=0.90, compared_with="head_only",
+    )
+)  # fmt: skip
+declare(
+    Variant(
+        "nf4_lora", "NF4 LoRA", trains="adapter", learning_rate="lr_lora", quantization=make_nf4_config,
+        peft_config=make_lora_config, gradient_checkpointing=True, save_dir="saved_nf4_lora", reference_accuracy=0.88,
+        compared_with="lora",
+    )
+)  # fmt: skip
+# The ceiling the others approximate: every weight trains (GPT-2 on IMDB: ~94%, a public anchor, not the reference's).
+# Its saved model is a whole model (540 MB for SmolLM2), git-ignored.
+declare(
+    Variant(
+        "full_finetune", "full fine-tuning", trains="all", learning_rate="lr_full", save_dir="saved_full_finetune",
+        compared_with="lora",
+    )
+)  # fmt: skip
