@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_in_worker(script: str, argv: list[str], worker_args: list[str], env: dict | None = None) -> dict:
@@ -30,3 +34,34 @@ def page_in_weights(model) -> None:
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             tensor.float().sum() if tensor.is_floating_point() else tensor.sum()
+
+
+def what_else_ran(seconds: float = 1.0) -> dict:
+    """Other processes busy on this machine (CPU % over `seconds`) and the load average: a benchmark's record says
+    whether it had the cores to itself, instead of assuming it."""
+    import os
+
+    import psutil
+
+    me = {os.getpid(), *(p.pid for p in psutil.Process().children(recursive=True))}
+    others = [p for p in psutil.process_iter(["name", "cmdline"]) if p.pid not in me]
+    for p in others:
+        with contextlib.suppress(psutil.Error):
+            p.cpu_percent(None)
+    time.sleep(seconds)
+    busy = []
+    for p in others:
+        try:
+            percent = p.cpu_percent(None)
+        except psutil.Error:
+            continue
+        if percent >= 5:
+            busy.append({"pid": p.pid, "cpu_percent": percent, "command": " ".join(p.info["cmdline"] or [p.info["name"]])[:120]})
+    return {"load_average_1_5_15": list(os.getloadavg()), "busy_processes": busy}
+
+
+def git_commit() -> str:
+    """HEAD's short hash, with "+changes" when the working tree differs from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)
+    return head + ("+changes" if dirty.stdout.strip() else "")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import nbformat
 import psutil
+from harness import git_commit
 from nbclient import NotebookClient
 
 from peft_sentiment import hardware, recording
@@ -25,13 +25,6 @@ from peft_sentiment import hardware, recording
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "project_peft.ipynb"
 STAMP_TAG = "run-stamp"  # the stamp cell's tag: re-running replaces it instead of stacking stamps
-
-
-def git_commit() -> str:
-    """HEAD's short hash, with "+changes" when the working tree differs from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)
-    return head + ("+changes" if dirty.stdout.strip() else "")
 
 
 def stamp_cell(profile: str, started: float, seconds: float, command: str, commit: str) -> nbformat.NotebookNode:

@@ -240,7 +240,7 @@ def fit(trainer: Trainer, cfg: Config, resume: bool = False) -> tuple:
 def validation_tokens(trainer: Trainer, val_ds) -> int:
     """Real tokens of the validation passes inside training (each a pass over `val_ds`)."""
     passes = sum("eval_loss" in entry for entry in trainer.state.log_history)
-    return passes * int(sum(val_ds["length"]))
+    return passes * int(sum(val_ds["length"])) if passes else 0
 
 
 def train_and_evaluate(trainer: Trainer, cfg: Config, test_ds, resume: bool = False) -> dict:
