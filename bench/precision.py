@@ -3,6 +3,8 @@
     python bench/precision.py                              # the cpu profile, ~1 h on 2 CPU cores with AVX512-BF16
     python bench/precision.py --resume                     # after a crash: keeps the runs already recorded
     python bench/precision.py --report --readme docs/benchmarks.md     # the table from the record
+    python bench/precision.py --report --pair results/cpu/truncation/lora.json results/cpu/bf16/truncation/lora.json
+                                                           # two bench/truncation.py runs at full size, paired
 
 Every declared variant trains on the first --train-size reviews of the profile's training subset, once in fp32 and
 once in bf16 mixed precision (the Trainer's autocast; weights and optimizer state stay fp32), and is scored on
@@ -45,6 +47,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="keep the runs recorded with this exact config and data")
     parser.add_argument("--report", action="store_true", help="only print (and with --readme, write) the table")
     parser.add_argument("--readme", help="regenerate the precision block of this Markdown file (docs/benchmarks.md)")
+    parser.add_argument(
+        "--pair",
+        nargs=2,
+        metavar=("FP32", "BF16"),
+        help="with --report: also pair two bench/truncation.py records of one variant",
+    )
     return parser.parse_args(argv)
 
 
@@ -161,12 +169,36 @@ def precision_section(record: dict) -> str:
     return "\n".join(lines)
 
 
+def paired_runs_section(fp32_path: str, bf16_path: str) -> str:
+    """Markdown: one variant trained at the profile's full size in each precision (bench/truncation.py records of the
+    same validation reviews), paired on the settings both ran."""
+    fp32, bf16 = recording.read_json(fp32_path), recording.read_json(bf16_path)
+    if fp32["validation_labels"] != bf16["validation_labels"] or fp32["variant"] != bf16["variant"]:
+        raise ValueError(f"{fp32_path} and {bf16_path} are not the same variant on the same validation reviews.")
+    lines = [
+        f"At the profile's full training size ({fp32['config']['train_size']:,} reviews), {label_of(fp32['variant'])} on the same "
+        f"{len(fp32['validation_labels']):,} validation reviews (bench/truncation.py):",
+        "",
+    ]
+    for setting in [name for name in fp32["settings"] if name in bf16["settings"]]:
+        d = metrics.paired_difference(fp32["validation_labels"], bf16["predictions"][setting], fp32["predictions"][setting])
+        a, b = (r["settings"][setting]["all"]["accuracy"] for r in (fp32, bf16))
+        lines.append(
+            f"- `{setting}`: fp32 {a:.1%}, bf16 {b:.1%}; {d['only_b']} reviews only fp32 gets right, {d['only_a']} only bf16 "
+            f"(exact McNemar p = {d['p_value']:.2g}). Runs: `{fp32['command']}` ({fp32['total_seconds'] / 60:.0f} min) and "
+            f"`{bf16['command']}` ({bf16['total_seconds'] / 60:.0f} min)."
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     path = Path(args.out or f"results/precision/{hardware.device_info()['type']}.json")
     record = recording.read_json(path) if args.report else run(args, argv, path)
     section = precision_section(record)
+    if args.pair:
+        section += "\n\n" + paired_runs_section(*args.pair)
     print(section)
     if args.readme:
         report.replace_block(args.readme, "precision", section)

@@ -35,7 +35,9 @@ from peft_sentiment.variants import VARIANTS, get_variant, label_of
 
 # Config fields that do not change what a run learns (where it writes, how often it validates); the
 # variants' learning-rate fields are left out too, since a run's label names its rate anyway.
-NOT_RECIPE = {"profile", "data_dir", "work_dir", "records_dir", "save_dir", "evals_per_run", "checkpoint_every"}
+# (the test subset too: the sweep scores validation only)
+NOT_RECIPE = {"profile", "data_dir", "work_dir", "records_dir", "save_dir", "evals_per_run", "checkpoint_every", "test_size",
+              "test_seed", "retired_test_subset"}  # fmt: skip
 
 # What records from before a setting existed ran with (sweep records predate truncation settings)
 SETTINGS_BEFORE_THEY_EXISTED = {"truncation": "head", "truncation_head_share": 0.25}

@@ -118,9 +118,14 @@ def take_stratified_subset(ds: Dataset, size: int | None, seed: int) -> Dataset:
     Shares that do not divide evenly are rounded by largest remainder (ties: the later class), so a
     balanced binary set gets size // 2 and size - size // 2.
     """
+    return ds.select(stratified_indices(ds, size, seed))
+
+
+def stratified_indices(ds: Dataset, size: int | None, seed: int) -> np.ndarray:
+    """The row indices `take_stratified_subset` selects, in its order."""
     rng = np.random.default_rng(seed)
     if size is None:
-        return ds.select(rng.permutation(len(ds)))
+        return rng.permutation(len(ds))
     labels = np.asarray(ds["label"])
     counts = np.bincount(labels, minlength=len(class_names(ds)))
     exact = size * counts / counts.sum()
@@ -135,7 +140,7 @@ def take_stratified_subset(ds: Dataset, size: int | None, seed: int) -> Dataset:
                 f"class. Use a size of at most {len(ds)}, or None for all."
             )
         chosen.append(rng.choice(np.flatnonzero(labels == label), size=need, replace=False))
-    return ds.select(rng.permutation(np.concatenate(chosen)))
+    return rng.permutation(np.concatenate(chosen))
 
 
 def prepare_splits(cfg: Config, raw: DatasetDict) -> DatasetDict:
@@ -153,8 +158,16 @@ def prepare_splits(cfg: Config, raw: DatasetDict) -> DatasetDict:
         if cfg.val_size >= len(pool):
             raise ValueError(f"val_size={cfg.val_size} leaves none of the {len(pool)} training examples to train on: lower it.")
         val, train = pool.select(range(cfg.val_size)), pool.select(range(cfg.val_size, len(pool)))
-    test = take_stratified_subset(raw["test"], within(cfg.test_size, raw["test"], "test_size"), cfg.seed)
-    return DatasetDict(train=train, validation=val, test=test)
+    return DatasetDict(train=train, validation=val, test=test_subset(cfg, raw["test"]))
+
+
+def test_subset(cfg: Config, test: Dataset) -> Dataset:
+    """The test subset: `test_size` examples drawn with `test_seed`, none of them (nor a duplicate of one) retired."""
+    if cfg.retired_test_subset is not None:
+        retired = set(test.select(stratified_indices(test, *cfg.retired_test_subset))["text"])
+        test = test.select([i for i, text in enumerate(test["text"]) if text not in retired])
+    seed = cfg.seed if cfg.test_seed is None else cfg.test_seed
+    return take_stratified_subset(test, within(cfg.test_size, test, "test_size"), seed)
 
 
 def within(size: int | None, split: Dataset, name: str) -> int | None:

@@ -260,10 +260,43 @@ def build_model(cfg: Config, variant, model_path: str, tokenizer, labels):
     if variant.peft_config:  # LoraConfig (task_type SEQ_CLS: the head trains in full and is saved with the adapter)
         model = get_peft_model(model, variant.peft_config(cfg, model_path))
         keep_existing_modules_to_save(model)
+        if bnb_config is not None and cfg.lora_init == "loftq":
+            init_lora_from_rounding(model, model_path)
         return model
     model.requires_grad_(variant.trains == "all")
     model.score.requires_grad_(True)  # the new head always trains
     return model
+
+
+@torch.no_grad()
+def init_lora_from_rounding(model, model_path: str) -> int:
+    """LoftQ's initialization (Li et al., 2023), one step: each LoRA pair on a 4-bit layer starts as the best rank-r fit
+    of what rounding took from that layer (SVD of W - dequantize(Q)), so training starts from the fp32 weights, not the
+    rounded ones. peft's `replace_lora_weights_loftq` does the same on CUDA or XPU only (peft 0.21.2); this computes
+    where the model is, LoRA's alpha / r scaling taken out. Returns how many layers it set."""
+    import bitsandbytes as bnb
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    transpose = model.config.model_type == "gpt2"  # Conv1D checkpoints store (in, out); quantizing transposed them
+    layers = 0
+    with safe_open(cached_file(model_path, "model.safetensors"), framework="pt") as checkpoint:
+        keys = set(checkpoint.keys())
+        for name, module in model.named_modules():
+            if not (hasattr(module, "lora_A") and isinstance(getattr(module, "base_layer", None), bnb.nn.Linear4bit)):
+                continue
+            key = name.removeprefix("base_model.model.") + ".weight"
+            key = key if key in keys else key.split(".", 1)[1]  # the Hub's gpt2 checkpoint has no `transformer.` prefix
+            weight = checkpoint.get_tensor(key).float()
+            base = module.base_layer.weight
+            rounded = bnb.functional.dequantize_4bit(base.data, base.quant_state).float()
+            u, s, vh = torch.linalg.svd((weight.T if transpose else weight).to(rounded.device) - rounded, full_matrices=False)
+            for adapter, r in module.r.items():
+                root = (s[:r] / module.scaling[adapter]).sqrt()  # scaling * B @ A = U_r diag(s_r) Vh_r
+                module.lora_B[adapter].weight.copy_(u[:, :r] * root)
+                module.lora_A[adapter].weight.copy_(root[:, None] * vh[:r])
+            layers += 1
+    return layers
 
 
 def keep_existing_modules_to_save(model) -> list[str]:

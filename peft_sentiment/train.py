@@ -140,7 +140,7 @@ def make_trainer(model, tokenizer, args: TrainingArguments, train_ds, eval_ds) -
         eval_dataset=eval_ds,
         processing_class=tokenizer,
         data_collator=make_collator(tokenizer),  # pads each batch to its own longest review
-        compute_metrics=compute_metrics,  # accuracy, F1, ROC-AUC on each validation pass
+        compute_metrics=compute_metrics,  # accuracy, macro F1 (and ROC-AUC for two classes) on each validation pass
         callbacks=[EvaluateAtEnd()],
     )
 

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from conftest import load_bench
 
 from peft_sentiment.variants import VARIANTS
@@ -33,3 +34,20 @@ def test_each_variant_runs_in_both_precisions_on_the_same_reviews(toy_imdb_dir, 
     before = out.read_text()
     assert bench.main([*argv, "--resume"]) == 0
     assert json.loads(out.read_text())["variants"] == json.loads(before)["variants"]
+
+
+def test_two_full_size_runs_are_paired_on_the_same_reviews(tmp_path):
+    bench = load_bench("precision")
+    base = {"variant": "lora", "config": {"train_size": 1000}, "validation_labels": [0, 1, 1, 0], "total_seconds": 120.0}
+    fp32 = base | {"command": "fp32 run", "settings": {"head+tail": {"all": {"accuracy": 0.75}}},
+                   "predictions": {"head+tail": [0.9, 0.9, 0.9, 0.1]}}  # fmt: skip
+    bf16 = base | {"command": "bf16 run", "settings": {"head+tail": {"all": {"accuracy": 1.0}}, "head": {}},
+                   "predictions": {"head+tail": [0.1, 0.9, 0.9, 0.1]}}  # fmt: skip
+    for name, record in (("fp32", fp32), ("bf16", bf16)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    section = bench.paired_runs_section(tmp_path / "fp32.json", tmp_path / "bf16.json")
+    assert "`head+tail`: fp32 75.0%, bf16 100.0%; 0 reviews only fp32 gets right, 1 only bf16 (exact McNemar p = 1)" in section
+    assert "`head`" not in section and "`fp32 run` (2 min)" in section  # only the settings both ran
+    (tmp_path / "other.json").write_text(json.dumps(bf16 | {"validation_labels": [1, 1, 1, 0]}))
+    with pytest.raises(ValueError, match="not the same variant on the same validation reviews"):
+        bench.paired_runs_section(tmp_path / "fp32.json", tmp_path / "other.json")

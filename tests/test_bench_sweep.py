@@ -22,7 +22,7 @@ def test_sweep_records_stamped_curves_and_reports_the_best_rate(sweep, toy_imdb_
     monkeypatch.chdir(tmp_path)  # the profile's relative work folders land here
     overrides = ["--set", f"data_dir='{toy_imdb_dir}'", "train_size=96", "val_size=32", "test_size=64", "max_length=32"]
     overrides += ["records_dir='records'", "train_batch_size=7"]
-    changed = "-train_size96-val_size32-test_size64-max_length32-train_batch_size7"
+    changed = "-train_size96-val_size32-max_length32-train_batch_size7"  # the test subset is no recipe: not in the name
     # 14 steps, 5 validation passes asked for: "every 1/5 of the run" is every 3 steps, and the last step (14) too
     assert sweep.main(["--profile", "smoke", "--variant", "lora", "--lr", "1e-4", "2e-2", "--evals", "5", *overrides]) == 0
     assert sweep.main(["--profile", "smoke", "--variant", "head_only", "--lr", "1e-3", "1e-1", "--evals", "2", *overrides]) == 0

@@ -36,7 +36,8 @@ def test_committed_adapter_reproduces_its_record(folder, variant):
     if data_dir is None:
         pytest.skip("needs the IMDB parquet files: set IMDB_DATA_DIR")
 
-    cfg = make_config(meta["profile"], data_dir=data_dir)
+    recorded = {k: record["config"].get(k) for k in ("test_size", "seed", "test_seed", "retired_test_subset")}
+    cfg = make_config(meta["profile"], data_dir=data_dir, **recorded)  # the record's test subset, not today's profile's
     assert cfg.max_length == meta["max_length"] and cfg.prompt_suffix == meta["prompt_suffix"]
     assert (cfg.truncation, cfg.truncation_head_share) == (meta["truncation"], meta["truncation_head_share"])
     test = data.prepare_splits(cfg, data.load_splits(cfg))["test"]

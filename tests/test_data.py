@@ -1,6 +1,8 @@
 """Datasets as configuration: IMDB or a user's own files, checked once, as `text` and a ClassLabel `label`; subsets, tokens."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,8 @@ from transformers import DataCollatorWithPadding
 
 from peft_sentiment import data
 from peft_sentiment.config import make_config
+
+SHARED_IMDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb"
 
 
 def own_data(folder, **overrides):
@@ -112,6 +116,29 @@ def test_splits_are_disjoint_and_sized(toy_cfg, toy_splits):
     ]
     assert not set(toy_splits["train"]["text"]) & set(toy_splits["validation"]["text"]) - {""}
     assert data.class_names(toy_splits["validation"]) == ["neg", "pos"]
+
+
+def test_a_retired_test_subset_is_left_out_of_the_fresh_one(toy_cfg):
+    raw = data.load_splits(toy_cfg)
+    old = data.take_stratified_subset(raw["test"], 20, 42)
+    cfg = dataclasses.replace(toy_cfg, test_size=40, test_seed=7, retired_test_subset=(20, 42))
+    fresh = data.prepare_splits(cfg, raw)["test"]
+    assert len(fresh) == 40 and sum(fresh["label"]) == 20  # stratified: the toy test set is balanced
+    assert not set(fresh["text"]) & set(old["text"])
+    assert fresh["text"] == data.prepare_splits(cfg, raw)["test"]["text"]  # seeded
+
+
+@pytest.mark.realdata
+def test_the_cpu_profiles_test_reviews_are_fresh():
+    """Issue 24: 2,000 balanced IMDB test reviews, none of the 1,000 (seed 42) that earlier choices were made on."""
+    if not SHARED_IMDB.is_dir():
+        pytest.skip("needs the IMDB parquet files")
+    cfg = make_config("cpu", data_dir=str(SHARED_IMDB))
+    raw = data.load_splits(cfg)
+    fresh = data.prepare_splits(cfg, raw)["test"]
+    retired = data.take_stratified_subset(raw["test"], 1000, 42)  # what the cpu profile tested on until issue 24
+    assert len(fresh) == 2000 and sum(fresh["label"]) == 1000
+    assert not set(fresh["text"]) & set(retired["text"])  # IMDB repeats some reviews: none of the retired texts, anywhere
 
 
 def test_a_validation_file_is_used_instead_of_carving_from_train(tmp_path, three_class_dir):
