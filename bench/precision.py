@@ -56,8 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def measure(cfg, variant, prepared, tokenized) -> dict:
-    """Train `variant` in `cfg.precision` on tokenized["train"], predict tokenized["test"] (the validation reviews)."""
+def measure(cfg, variant, prepared) -> dict:
+    """Train `variant` in `cfg.precision` on the prepared train split, predict its "test" split (the validation reviews)."""
+    tokenized = prepared.tokenized
     model = models.build_model(cfg, variant, prepared.model_path, prepared.tokenizer, prepared.labels)
     trainer = None
     if variant.trains != "head":  # no validation pass inside training: the one after it gives the figures
@@ -126,7 +127,7 @@ def run(args, argv, path: Path) -> dict:
                 continue
             cfg = dataclasses.replace(base, precision=precision, work_dir=str(Path(base.work_dir) / "precision" / precision))
             print(f"=== {label_of(name)}, {precision} ===", flush=True)
-            runs[precision] = measure(cfg, get_variant(name), prepared, prepared.tokenized)
+            runs[precision] = measure(cfg, get_variant(name), prepared)
             record["what_else_ran"][f"after {name} {precision}"] = what_else_ran()
             if set(PRECISIONS) <= set(runs):
                 runs["comparison"] = compare(runs, record["validation_labels"])

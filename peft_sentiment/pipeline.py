@@ -47,11 +47,12 @@ def save_dir(cfg: Config, variant) -> Path | None:
 
 def save_variant(cfg: Config, variant, model, prepared: Prepared, record: dict | None = None) -> Path | None:
     """Save a trained `model` where `variant` saves (adapter or whole model), with what reloading it needs."""
-    if save_dir(cfg, variant) is None:
+    folder = save_dir(cfg, variant)
+    if folder is None:
         return None
     bnb_config = variant.quantization(cfg) if variant.quantization else None
     meta = inference.trained_meta(cfg, variant, prepared.model_path, prepared.labels, bnb_config)
-    return inference.save_trained(model, prepared.tokenizer, save_dir(cfg, variant), meta, record)
+    return inference.save_trained(model, prepared.tokenizer, folder, meta, record)
 
 
 def run_training(cfg: Config, variants=None, *, resume: bool = False, command: str | None = None, splits=None) -> list[dict]:

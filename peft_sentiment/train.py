@@ -334,12 +334,13 @@ def train_variant(cfg: Config, variant, model, tokenizer, splits, resume: bool =
             trainer = make_trainer(model, tokenizer, make_training_args(cfg, variant), splits["train"], splits["validation"])
         check_trainable(trainer.model)
         result = train_and_evaluate(trainer, cfg, splits["test"], resume=resume)
+    config = config_to_dict(cfg)
     record = {
         "variant": variant.name,
         "profile": cfg.profile,
-        "config": config_to_dict(cfg),
+        "config": config,
         "model": cfg.model_name,
-        "dataset": config_to_dict(cfg)["dataset"],
+        "dataset": config["dataset"],
         "labels": class_names(splits["test"]),
         "precision": resolve_precision(cfg.precision),
         "nf4_kernel": nf4_kernel(model),
