@@ -50,8 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--pair",
         nargs=2,
+        action="append",
         metavar=("FP32", "BF16"),
-        help="with --report: also pair two bench/truncation.py records of one variant",
+        help="with --report: also pair two bench/truncation.py records of one variant (repeat for more variants)",
     )
     return parser.parse_args(argv)
 
@@ -198,8 +199,8 @@ def main(argv=None) -> int:
     path = Path(args.out or f"results/precision/{hardware.device_info()['type']}.json")
     record = recording.read_json(path) if args.report else run(args, argv, path)
     section = precision_section(record)
-    if args.pair:
-        section += "\n\n" + paired_runs_section(*args.pair)
+    for pair in args.pair or []:
+        section += "\n\n" + paired_runs_section(*pair)
     print(section)
     if args.readme:
         report.replace_block(args.readme, "precision", section)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict
+from harness import what_else_ran
 
 from peft_sentiment import data, features, hardware, metrics, models, recording, report, train
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides
@@ -171,11 +172,13 @@ def run(args, argv, path: Path) -> dict:
         "predictions": {},
         "device": hardware.device_info(),
         "versions": recording.library_versions(),
+        "what_else_ran": [],  # sampled after each setting: whether the run had the cores to itself
     }
     previous = resumable(path, record) if args.resume else None
     kept = [name for name in args.settings if previous and name in previous["settings"]]
     for name in kept:
         record["settings"][name], record["predictions"][name] = previous["settings"][name], previous["predictions"][name]
+    record["what_else_ran"] = previous.get("what_else_ran", []) if previous else []
     seconds_before = previous["total_seconds"] if previous else 0.0
     todo = [name for name in args.settings if name not in kept]
     print(f"settings to run: {todo}; kept from {path}: {kept}")
@@ -204,6 +207,7 @@ def run(args, argv, path: Path) -> dict:
     for name, probabilities in results:
         record["settings"][name] = {"changes": SETTINGS[name], **scores(labels["validation"], probabilities, cut)}
         record["predictions"][name] = metrics.recorded_predictions(probabilities)
+        record["what_else_ran"].append({"after_setting": name, **what_else_ran()})
         save()
     return record
 
