@@ -22,13 +22,13 @@ from peft_sentiment import data, plots, recording, report
 from peft_sentiment.baseline import train_tfidf_baseline
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides
 from peft_sentiment.pipeline import run_training
-from peft_sentiment.variants import VARIANTS
+from peft_sentiment.variants import VARIANTS, variants_to_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="cpu", help="config profile (default: cpu)")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: the profile's (its `variants` setting)")
     parser.add_argument("--baseline-only", action="store_true", help="only the TF-IDF baseline (seconds)")
     parser.add_argument(
         "--resume", action="store_true", help="skip variants recorded with this exact config; resume the rest from checkpoints"
@@ -58,8 +58,9 @@ def main(argv=None) -> int:
 
     if args.baseline_only:
         return 0
-    todo = [v for v in args.variants if not (args.resume and already_done(cfg, v))]
-    print(f"variants to run: {todo} (recorded already: {sorted(set(args.variants) - set(todo))})")
+    chosen = args.variants or list(variants_to_run(cfg))
+    todo = [v for v in chosen if not (args.resume and already_done(cfg, v))]
+    print(f"variants to run: {todo} (recorded already: {sorted(set(chosen) - set(todo))})")
     run_training(cfg, todo, resume=args.resume, command=command, splits=splits)
 
     records = recording.read_records(cfg.records_dir, VARIANTS)

@@ -60,8 +60,18 @@ def what_else_ran(seconds: float = 1.0) -> dict:
     return {"load_average_1_5_15": list(os.getloadavg()), "busy_processes": busy}
 
 
+def git_head() -> str:
+    """HEAD's short hash."""
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
+def git_changes(*paths: str, untracked: bool = True) -> str:
+    """`git status --porcelain` for `paths` (the whole tree when none): empty when they are as HEAD has them."""
+    flags = [] if untracked else ["--untracked-files=no"]
+    cmd = ["git", "status", "--porcelain", *flags, "--", *paths]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+
 def git_commit() -> str:
     """HEAD's short hash, with "+changes" when the working tree differs from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True)
-    return head + ("+changes" if dirty.stdout.strip() else "")
+    return git_head() + ("+changes" if git_changes(untracked=False) else "")

@@ -1,4 +1,4 @@
-"""Command line: `python -m peft_sentiment train|evaluate|predict|merge|report`, on the notebook's profiles and parameters.
+"""Command line: `python -m peft_sentiment train|evaluate|predict|merge|report|profile`, on the notebook's profiles.
 
 Exit codes: 0 success, 2 bad input (unknown name, missing file, bad value: the message says what to
 do), 1 anything else.
@@ -11,20 +11,21 @@ import shlex
 import sys
 from pathlib import Path
 
-from peft_sentiment import inference, plots, recording, report
-from peft_sentiment.config import make_config, parse_overrides
+from peft_sentiment import hardware, inference, plots, recording, report
+from peft_sentiment.config import PROFILE_COSTS, PROFILE_ENV, PROFILES, choose_profile, make_config, parse_overrides
 from peft_sentiment.pipeline import evaluate_adapter, run_training
 from peft_sentiment.variants import VARIANTS
 
 EXAMPLES = """examples:
   python -m peft_sentiment train --profile smoke
-  python -m peft_sentiment train --profile cpu --variants lora --set lr_lora=3e-4 --resume
+  python -m peft_sentiment train --profile cpu --variants full_finetune --set lr_full=3e-5 --resume
   python -m peft_sentiment train --profile smoke --set dataset=my_data/ --set text_column=review --set label_column=stars
   python -m peft_sentiment evaluate saved_f32_lora --set test_size=200
   python -m peft_sentiment predict saved_f32_lora "A moving, beautifully shot film."
   python -m peft_sentiment merge saved_f32_lora merged_f32
   echo "Dull and far too long." | python -m peft_sentiment predict saved_nf4_lora
   python -m peft_sentiment report results/cpu --readme README.md
+  python -m peft_sentiment profile     # the profile a run without --profile gets, why, and what it costs
 """
 
 
@@ -38,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train and evaluate variants; write records and adapters")
-    t.add_argument("--profile", help="full | cpu | smoke (default: $PEFT_PROFILE, else full)")
-    t.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="default: all of them")
+    t.add_argument(
+        "--profile", help=f"{' | '.join(PROFILES)} (default: $PEFT_PROFILE, else full with a CUDA GPU and the Hub, else quick)"
+    )
+    t.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: the profile's (config `variants`)")
     t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override one config value; repeatable")
     t.add_argument("--resume", action="store_true", help="continue each variant from its last checkpoint")
     p = sub.add_parser("predict", help="classify reviews with a saved adapter; prints label and probability")
@@ -60,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--plots",
         action="store_true",
         help="also draw <dir>/accuracy_vs_cost.png and <dir>/analysis.png (confusion, ROC, accuracy by length, calibration)",
+    )
+    sub.add_parser(
+        "profile", help="print the profile a run without --profile gets (./run.sh reads it); why and its cost go to stderr"
     )
     return parser
 
@@ -112,7 +118,7 @@ def report_command(args, argv) -> None:
         print(report.results_section(folder), end="\n\n")
         if args.plots:
             records = recording.read_records(folder, order=VARIANTS)
-            print(report.analysis_table(records).to_string(float_format="{:.4f}".format), end="\n\n")
+            print(report.analysis_table(records).to_string(float_format=report.format_cell), end="\n\n")
             cost_plot = plots.plot_accuracy_vs_cost(records, recording.read_baselines(folder))
             cost_plot.savefig(Path(folder) / "accuracy_vs_cost.png", dpi=120)
             plots.plot_analysis(records).savefig(Path(folder) / "analysis.png", dpi=110)
@@ -121,8 +127,18 @@ def report_command(args, argv) -> None:
         report.update_readme(args.readme, args.records_dirs)
 
 
+def profile_command(args, argv) -> None:
+    name, why = choose_profile()
+    cfg = make_config(name)  # an unknown $PEFT_PROFILE stops here, with the valid names
+    others = "|".join(p for p in PROFILES if p != name)
+    print(f"Profile '{name}': {why} ({PROFILE_ENV}={others} chooses another).", file=sys.stderr)
+    print(f"  {PROFILE_COSTS[name]}", file=sys.stderr)
+    print(f"  This machine: {hardware.describe_precision(cfg.precision)}.", file=sys.stderr)
+    print(name)
+
+
 COMMANDS = {"train": train_command, "predict": predict_command, "evaluate": evaluate_command, "merge": merge_command,
-            "report": report_command}  # fmt: skip
+            "report": report_command, "profile": profile_command}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

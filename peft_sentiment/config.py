@@ -1,7 +1,8 @@
-"""One visible configuration with named profiles (`full`, `cpu`, `smoke`).
+"""One visible configuration with named profiles (`full`, `cpu`, `quick`, `smoke`).
 
 A profile is a frozen `Config`; a run changes it only through `make_config(profile, **overrides)`,
-which rejects unknown names and values with the list of valid ones.
+which rejects unknown names and values with the list of valid ones. A run that names no profile gets
+$PEFT_PROFILE, else `default_profile()`: `full` with a CUDA GPU and the Hub, else the offline `quick`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from peft_sentiment import hardware
 from peft_sentiment.hardware import PRECISIONS
 
 TRUNCATIONS = ("head", "tail", "head+tail")  # which tokens of a review longer than max_length are kept (data.truncate)
@@ -45,6 +47,7 @@ class Config:
     truncation: str  # which tokens of a longer text are kept: "head", "tail" or "head+tail" (data.truncate)
     truncation_head_share: float  # head+tail: the share of the kept tokens taken from the text's start
     # --- training ---
+    variants: tuple[str, ...] | None  # the variants a run trains (names declared in variants.py); None = every one
     epochs: float
     train_batch_size: int
     eval_batch_size: int
@@ -96,6 +99,7 @@ FULL = Config(
     # head+tail's evidence (cpu profile, head-only and LoRA) is at 256 tokens and not resolved: full keeps the reference's.
     truncation="head",
     truncation_head_share=0.25,  # Sun et al. (2019): 128 + 382 of 510 tokens
+    variants=None,  # every declared variant, in declaration order (variants.variants_to_run)
     epochs=1,
     train_batch_size=16,
     eval_batch_size=64,
@@ -120,46 +124,66 @@ FULL = Config(
     work_dir="runs/full",
 )
 
+# Real accuracy offline on 2 CPU cores: a pretrained LM of GPT-2's size (SmolLM2-135M, installed from PyPI) on real
+# IMDB reviews, sized so that the notebook (four variants, 2,000 test reviews, bf16 where the CPU has it) finishes
+# within 120 min on 2 cores with native bf16: about 97 min, estimated from bench/precision.py's tokens/s
+# (docs/benchmarks.md, "How many training reviews"); about twice that in fp32.
+CPU = dataclasses.replace(
+    FULL,
+    profile="cpu",
+    model_name="smollm2-135m",
+    # bench/curve (LoRA, 1,000 validation reviews): 87.0% at 500, 88.6% at 1,000, 89.5% at 1,500 reviews, still rising;
+    # 1,500 would take about 108 of the 120 min, and this machine's speed has drifted by a third between runs
+    train_size=1250,
+    val_size=200,  # about +-4 points at 90%: enough to catch a diverging run, not to rank close settings
+    # 2,000 fresh test reviews (about +-1.3 points at 90%, Wilson 95%), none of them in the 1,000 (seed 42) this
+    # profile tested on before: three rounds of choices were made with those results in view, and they scored 3.6
+    # points above other test reviews (issue 24). Every setting is chosen on validation; test is read once per run.
+    test_size=2000,
+    test_seed=2024,
+    retired_test_subset=(1000, 42),
+    max_length=256,  # longer reviews are cut (the records count how many)
+    prompt_suffix="\nOverall, the sentiment of this review is",  # makes the last token, which the head reads, summarise the review
+    # 43-44% of reviews are cut at 256 tokens. bench/truncation (1,000 validation reviews): on the cut ones head+tail
+    # beats head for head-only (86.9 vs 83.9%) and LoRA (88.1 vs 86.5%), neither resolved alone (paired p 0.11,
+    # 0.41); the same direction as Sun et al. (2019) found on IMDB.
+    truncation="head+tail",
+    train_batch_size=8,  # 157 steps from 1,250 reviews
+    eval_batch_size=32,
+    head_epochs=20,  # cached: 20 epochs of a 576x2 head cost under a second
+    lr_lora=5e-4,  # short run (~150 steps): the upper end of the usual range; bench/sweep: 2e-4 and 1e-3 no better
+    lr_full=5e-5,  # short run: the upper end of the usual range, as for LoRA (not yet swept)
+    evals_per_run=1,  # one LoRA validation pass of 200 reviews took 121 s here
+    checkpoint_every=0.25,
+    lora_r=8,  # bench/sweep: rank 16 no better on validation
+    # Off: drawing LoRA's dropout masks (7 per layer) was 20% of a training step on this CPU
+    # (torch.profiler), and without it validation accuracy held (bench/sweep, docs/benchmarks.md).
+    lora_dropout=0.0,
+    # fp32 on this CPU (no native bf16: bf16 compute ran at half the speed); under bf16 autocast
+    # (precision auto on a CPU with AVX512-BF16) the dequantized matmuls run in bf16 all the same
+    nf4_compute_dtype="float32",
+    records_dir="results/cpu",
+    work_dir="runs/cpu",
+)
+
 PROFILES: dict[str, Config] = {
     "full": FULL,
-    # Real accuracy offline on 2 CPU cores: a pretrained LM of GPT-2's size (SmolLM2-135M, installed
-    # from PyPI) on real IMDB reviews. With three variants and 1,000 test reviews (fp32), the notebook run that wrote the
-    # committed records took 116.1 min (results/cpu/benchmark/accuracy_run.json). Four variants and 2,000 test reviews
-    # cost more, bf16 (precision auto, on CPUs with AVX512-BF16) less: issue 24 re-sizes the run to 120 min.
-    "cpu": dataclasses.replace(
-        FULL,
-        profile="cpu",
-        model_name="smollm2-135m",
-        train_size=1000,
-        val_size=200,  # about +-4 points at 90%: enough to catch a diverging run, not to rank close settings
-        # 2,000 fresh test reviews (about +-1.3 points at 90%, Wilson 95%), none of them in the 1,000 (seed 42) this
-        # profile tested on before: three rounds of choices were made with those results in view, and they scored 3.6
-        # points above other test reviews (issue 24). Every setting is chosen on validation; test is read once per run.
-        test_size=2000,
-        test_seed=2024,
-        retired_test_subset=(1000, 42),
-        max_length=256,  # longer reviews are cut (the records count how many)
-        prompt_suffix="\nOverall, the sentiment of this review is",  # makes the last token, which the head reads, summarise the review
-        # 43-44% of reviews are cut at 256 tokens. bench/truncation (1,000 validation reviews): on the cut ones head+tail
-        # beats head for head-only (86.9 vs 83.9%) and LoRA (88.1 vs 86.5%), neither resolved alone (paired p 0.11,
-        # 0.41); the same direction as Sun et al. (2019) found on IMDB.
-        truncation="head+tail",
-        train_batch_size=8,  # 125 steps from 1,000 reviews
-        eval_batch_size=32,
-        head_epochs=20,  # cached: 20 epochs of a 576x2 head cost under a second
-        lr_lora=5e-4,  # short run (125 steps): the upper end of the usual range; bench/sweep: 2e-4 and 1e-3 no better
-        lr_full=5e-5,  # short run: the upper end of the usual range, as for LoRA (not yet swept)
-        evals_per_run=1,  # one LoRA validation pass of 200 reviews took 121 s here
-        checkpoint_every=0.25,
-        lora_r=8,  # bench/sweep: rank 16 no better on validation
-        # Off: drawing LoRA's dropout masks (7 per layer) was 20% of a training step on this CPU
-        # (torch.profiler), and without it validation accuracy held (bench/sweep, docs/benchmarks.md).
-        lora_dropout=0.0,
-        # fp32 on this CPU (no native bf16: bf16 compute ran at half the speed); under bf16 autocast
-        # (precision auto on a CPU with AVX512-BF16) the dequantized matmuls run in bf16 all the same
-        nf4_compute_dtype="float32",
-        records_dir="results/cpu",
-        work_dir="runs/cpu",
+    "cpu": CPU,
+    # The offline default (./run.sh without a GPU and the Hub): the cpu profile's pretrained model and recipe, on
+    # fewer and shorter reviews, without full fine-tuning (it saves a 540 MB model and doubles the time). About 15 min
+    # on 2 CPU cores with native bf16 (estimated from bench/precision.py's rates; measured figure: see README).
+    "quick": dataclasses.replace(
+        CPU,
+        profile="quick",
+        train_size=500,  # 63 steps of 8
+        val_size=100,
+        test_size=500,  # fresh as cpu's (its test_seed, the retired reviews left out); about +-2.6 points at 90%
+        max_length=128,  # most reviews are cut: head+tail keeps their opening and their verdict
+        checkpoint_every=0.5,
+        variants=("head_only", "lora", "nf4_lora"),
+        save_dir="runs/quick",  # never the committed saved_*_lora folders or results/
+        records_dir="runs/quick/records",
+        work_dir="runs/quick/work",
     ),
     # CI and the offline run command: a tiny random GPT-2 and a few hundred real reviews, so that
     # every variant (NF4 included) goes through the same code in about a minute on 2 CPU cores.
@@ -186,9 +210,50 @@ PROFILES: dict[str, Config] = {
 }
 
 
+# What each profile costs and what it shows, in one place: ./run.sh says it before it starts (`python -m
+# peft_sentiment profile`), and the README's profile table quotes it (a test checks).
+PROFILE_COSTS = {
+    "full": "Not yet measured (no GPU run so far; docs/gpu.md). The tutorial itself: GPT-2 on all of IMDB, four variants.",
+    "cpu": "Under 2 hours on 2 CPU cores with native bf16 (about 97 min estimated; the committed run's time is under the "
+    "results), about twice that without. Real accuracy offline, four variants on 2,000 test reviews (+-1.3 points).",
+    "quick": "About 15 minutes on 2 CPU cores with native bf16 (AVX512-BF16 or AMX), about twice that without. Real "
+    "accuracy offline, head-only, LoRA and NF4 LoRA on 500 test reviews (+-2.6 points).",
+    "smoke": "About a minute on 2 CPU cores. Checks the machinery: a tiny random model, its accuracies mean nothing.",
+}
+
+
+def hub_reachable(timeout: float = 5) -> bool:
+    """True when the Hugging Face Hub answers within `timeout` seconds."""
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info("gpt2", timeout=timeout)
+    except Exception:  # no network, HF_HUB_OFFLINE, a timeout, a proxy's refusal: all mean "run offline"
+        return False
+    return True
+
+
+def default_profile() -> tuple[str, str]:
+    """The profile a run that names none gets (unless $PEFT_PROFILE), and why: `full` with a CUDA GPU and the Hub, else `quick`."""
+    if not hardware.on_gpu():
+        return "quick", "no CUDA GPU found"
+    if not hub_reachable():
+        return "quick", "a CUDA GPU, but the Hugging Face Hub did not answer"
+    return "full", "a CUDA GPU and the Hugging Face Hub found"
+
+
+def choose_profile(profile: str | None = None) -> tuple[str, str]:
+    """The profile to run and why: the argument, else $PEFT_PROFILE, else `default_profile()`."""
+    if profile:
+        return profile, "chosen by name"
+    if os.environ.get(PROFILE_ENV):
+        return os.environ[PROFILE_ENV], f"${PROFILE_ENV} chose it"
+    return default_profile()
+
+
 def resolve_profile(profile: str | None = None) -> str:
-    """The profile to run: the argument, else $PEFT_PROFILE, else `full`."""
-    name = profile or os.environ.get(PROFILE_ENV) or "full"
+    """The profile to run: the argument, else $PEFT_PROFILE, else `full` with a CUDA GPU and the Hub, else `quick`."""
+    name = choose_profile(profile)[0]
     if name not in PROFILES:
         raise ValueError(f"Unknown profile {name!r}. Valid profiles: {', '.join(PROFILES)}.")
     return name
@@ -212,9 +277,12 @@ def make_config(profile: str | None = None, **overrides) -> Config:
         own = f"runs/{base.profile}/{Path(str(dataset).rstrip('/')).name}"
         defaults = {"prompt_suffix": "", "save_dir": own, "records_dir": f"{own}/records", "work_dir": f"{own}/work"}
         overrides = defaults | overrides
-    for name in ("lora_targets", "retired_test_subset"):  # lists from JSON or the CLI
+    for name in ("lora_targets", "variants", "retired_test_subset"):  # lists from JSON or the CLI
         if isinstance(overrides.get(name), list):
             overrides[name] = tuple(overrides[name])
+    for name in ("lora_targets", "variants"):  # `--set variants=head_only,lora`: names, comma-separated
+        if isinstance(overrides.get(name), str):
+            overrides[name] = tuple(part.strip() for part in overrides[name].split(",") if part.strip())
     cfg = dataclasses.replace(base, **overrides)
     validate_config(cfg)
     return cfg
@@ -260,6 +328,15 @@ def validate_config(cfg: Config) -> None:
     for name in ("text_column", "label_column"):
         if not getattr(cfg, name):
             raise ValueError(f"{name} is empty: name the column of the dataset that holds the {name.split('_')[0]}.")
+    if cfg.variants is not None:
+        from peft_sentiment.variants import VARIANTS  # here, not above: variants imports models, which imports config
+
+        unknown = [name for name in cfg.variants if name not in VARIANTS]
+        if unknown or not cfg.variants:
+            raise ValueError(
+                f"variants={cfg.variants!r}: {f'unknown {unknown}' if unknown else 'none named'}. "
+                f"Valid variants: {', '.join(VARIANTS)}; or None for all of them."
+            )
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -282,7 +359,7 @@ def config_to_dict(cfg: Config) -> dict:
     for name in ("data_dir", "dataset"):
         if data[name] is not None and os.path.isabs(data[name]):
             data[name] = os.path.relpath(data[name])  # records name no machine's folders
-    for name in ("lora_targets", "retired_test_subset"):
+    for name in ("lora_targets", "variants", "retired_test_subset"):
         if data[name] is not None:
             data[name] = list(data[name])
     return data

@@ -256,7 +256,7 @@ def build_model(cfg: Config, variant, model_path: str, tokenizer, labels):
         )
         store_embeddings_16bit(model, getattr(torch, NF4_EMBEDDING_DTYPE))  # frozen lookups: 16 bits are enough
     elif variant.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if variant.peft_config:  # LoraConfig (task_type SEQ_CLS: the head trains in full and is saved with the adapter)
         model = get_peft_model(model, variant.peft_config(cfg, model_path))
         keep_existing_modules_to_save(model)

@@ -14,7 +14,7 @@ from datasets import DatasetDict
 
 from peft_sentiment import catalog, data, hardware, inference, metrics, models, recording, train
 from peft_sentiment.config import Config, make_config
-from peft_sentiment.variants import VARIANTS, get_variant
+from peft_sentiment.variants import get_variant, variants_to_run
 
 
 class Prepared(NamedTuple):
@@ -56,14 +56,17 @@ def save_variant(cfg: Config, variant, model, prepared: Prepared, record: dict |
 
 
 def run_training(cfg: Config, variants=None, *, resume: bool = False, command: str | None = None, splits=None) -> list[dict]:
-    """The notebook's pipeline without the narration: data, model, each variant (names; None = all) trained, recorded, saved.
+    """The notebook's pipeline without the narration: data, model, each variant trained, recorded, saved.
+
+    `variants` names the variants to run; None = the config's (`cfg.variants`: all of them unless the profile says).
 
     Runs as one process, or as several under `torchrun` / `accelerate launch` (DDP through the
     Trainer): every process trains on its share of each batch, only the first writes records and models.
     """
     from accelerate import PartialState
 
-    chosen = [get_variant(name) for name in (variants or VARIANTS)]  # unknown names fail before any work
+    # unknown names fail before any work; an empty list runs none (bench/accuracy.py --resume with all of them recorded)
+    chosen = list(variants_to_run(cfg).values()) if variants is None else [get_variant(name) for name in variants]
     # joins the process group when launched by torchrun/accelerate (gloo on CPUs); trivial otherwise
     state = PartialState(cpu=not hardware.on_gpu())
     recording.check_writable(cfg.records_dir, cfg.save_dir, cfg.work_dir)

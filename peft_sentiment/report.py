@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from peft_sentiment.config import IMDB
-from peft_sentiment.metrics import expected_calibration_error, paired_difference, predicted_labels
+from peft_sentiment.metrics import class_probabilities, expected_calibration_error, paired_difference, predicted_labels
 from peft_sentiment.recording import ACCURACY_RUN_FILE, read_baselines, read_records
 from peft_sentiment.variants import VARIANTS, label_of
 
 
 def compare_variants(records: list[dict]):
-    """One row per variant: quality, size, cost (a pandas DataFrame; ROC-AUC only for two classes)."""
+    """One row per variant: quality (accuracy and macro F1 in percent), size, cost (a pandas DataFrame; ROC-AUC only for
+    two classes)."""
     import pandas as pd
 
     rows = []
@@ -24,9 +25,9 @@ def compare_variants(records: list[dict]):
         m = r["metrics"]
         rows.append({
             "variant": label_of(r["variant"]),
-            "accuracy": m["accuracy"],
-            "95% CI": "{:.3f}-{:.3f}".format(*m["accuracy_ci95"]),
-            "macro F1": m["f1_macro"],
+            "accuracy %": 100 * m["accuracy"],
+            "95% CI": "{:.1f}-{:.1f}".format(*(100 * x for x in m["accuracy_ci95"])),
+            "macro F1 %": 100 * m["f1_macro"],
             "ROC-AUC": m.get("roc_auc", float("nan")),
             "trainable params": r["params"]["trainable"],
             "model MB": r["model_bytes"] / 1e6,
@@ -44,23 +45,30 @@ def markdown_table(records: list[dict], baselines: list[dict] = ()) -> str:
     table = compare_variants(records)
     lines = ["| variant | " + " | ".join(table.columns) + " |", "|" + "---|" * (len(table.columns) + 1)]
     for name, row in table.iterrows():
-        lines.append(f"| {name} | " + " | ".join(format_cell(row[c]) for c in table.columns) + " |")
+        lines.append(f"| {name} | " + " | ".join(format_cell(row[c], c) for c in table.columns) + " |")
     for b in baselines:
         m = b["metrics"]
-        known = {"accuracy": m["accuracy"], "95% CI": "{:.3f}-{:.3f}".format(*m["accuracy_ci95"]), "macro F1": m.get("f1_macro"),
-                 "ROC-AUC": m.get("roc_auc"), "train s": b["train_seconds"], "peak train MB": b["peak_memory_bytes"]["train"] / 1e6}  # fmt: skip
-        cells = [format_cell(known[c]) if known.get(c) is not None else "-" for c in table.columns]
+        f1 = m.get("f1_macro")
+        known = {"accuracy %": 100 * m["accuracy"], "95% CI": "{:.1f}-{:.1f}".format(*(100 * x for x in m["accuracy_ci95"])),
+                 "macro F1 %": None if f1 is None else 100 * f1, "ROC-AUC": m.get("roc_auc"), "train s": b["train_seconds"],
+                 "peak train MB": b["peak_memory_bytes"]["train"] / 1e6}  # fmt: skip
+        cells = [format_cell(known[c], c) if known.get(c) is not None else "-" for c in table.columns]
         lines.append("| TF-IDF + LR (baseline) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def format_cell(value) -> str:
-    """Numbers at a precision a reader can use."""
+def format_cell(value, column: str = "") -> str:
+    """A number as people read it: percentages (a column named "... %") with one decimal, counts without decimals,
+    small values (a learning rate) with two significant digits, fractions below 1 with three, the rest with one."""
     if isinstance(value, str):
         return value
-    if float(value).is_integer() and abs(value) >= 1000:
-        return f"{int(value):,}"
-    return f"{value:.3f}" if abs(value) < 10 else f"{value:,.0f}"
+    if column.endswith("%"):
+        return f"{value:.1f}"
+    if 0 < abs(value) < 0.01:  # learning rates and the like: their significant digits, not 0.000
+        return f"{value:.2g}"
+    if float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:.3f}" if abs(value) < 1 else f"{value:,.1f}"
 
 
 def describe_run(cfg, model_path: str, tokenized, precision: str) -> str:
@@ -75,11 +83,14 @@ def describe_run(cfg, model_path: str, tokenized, precision: str) -> str:
     keep = {"head": "its start", "tail": "its end", "head+tail": f"its first {share:.0%} and last {1 - share:.0%}"}
     suffix = f"the prompt suffix {cfg.prompt_suffix!r} appended" if cfg.prompt_suffix else "no prompt suffix (the text alone)"
     weights = WEIGHTS_SOURCE.get(cfg.model_name)
+    test_draw = "" if cfg.test_seed in (None, cfg.seed) else f"; test seed {cfg.test_seed}"
+    if cfg.retired_test_subset:  # test reviews that earlier choices saw, left out (config.retired_test_subset)
+        test_draw += f", leaving out the {cfg.retired_test_subset[0]:,} test reviews of seed {cfg.retired_test_subset[1]}"
     return " ".join([
         f"**This run** (profile `{cfg.profile}`): model {model}.",
         f"Weights: {weights}." if weights else f"Loaded from `{Path(model_path).name}`.",
         f"Data: `{Path(cfg.dataset).name if Path(cfg.dataset).is_absolute() else cfg.dataset}`, classes {class_names(tokenized)};"
-        f" {sizes} (stratified, seed {cfg.seed}).",
+        f" {sizes} (stratified, seed {cfg.seed}{test_draw}).",
         f"Each text is cut to {cfg.max_length} tokens keeping {keep[cfg.truncation]} ({cut['truncated_fraction']:.0%} of the "
         f"test texts are longer), with {suffix}.",
         f"LoRA: rank {cfg.lora_r}, alpha {cfg.lora_alpha}, dropout {cfg.lora_dropout}; {precision}.",
@@ -181,7 +192,7 @@ def recorded_test_split(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def analysis_table(records: list[dict]):
-    """Per variant: accuracy per true class, accuracy on truncated vs whole texts, and ECE (top-label calibration)."""
+    """Per variant: accuracy per true class, on truncated vs whole texts (percent), and ECE (top-label calibration)."""
     import pandas as pd
 
     rows = {}
@@ -189,14 +200,115 @@ def analysis_table(records: list[dict]):
         labels, p, n_tokens = recorded_test_split(r)
         right = predicted_labels(p) == labels
         cut = n_tokens > r["config"]["max_length"]
-        per_class = {f"accuracy on {name}": float(right[labels == i].mean()) for i, name in enumerate(r["labels"])}
+        per_class = {f"accuracy on {name} %": 100 * float(right[labels == i].mean()) for i, name in enumerate(r["labels"])}
         rows[label_of(r["variant"])] = per_class | {
-            "accuracy whole texts": float(right[~cut].mean()) if (~cut).any() else float("nan"),
-            "accuracy truncated": float(right[cut].mean()) if cut.any() else float("nan"),
+            "accuracy whole texts %": 100 * float(right[~cut].mean()) if (~cut).any() else float("nan"),
+            "accuracy truncated %": 100 * float(right[cut].mean()) if cut.any() else float("nan"),
             "truncated texts": int(cut.sum()),
             "ECE": expected_calibration_error(labels, p),
         }
     return pd.DataFrame(rows).T
+
+
+def misclassified(record: dict, texts: list[str], k: int = 4, chars: int = 360):
+    """The `k` test texts the record's model got wrong most confidently (a DataFrame): the text (its start and end when
+    longer than `chars`), the true and predicted class, the probability given to the prediction, and its length in
+    tokens, marked when the run cut it (the part that decides may be the part removed)."""
+    import pandas as pd
+
+    labels, p, n_tokens = recorded_test_split(record)
+    probabilities = class_probabilities(p)
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    worst = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:k]
+    names, max_length = record["labels"], record["config"]["max_length"]
+    return pd.DataFrame({
+        "text": [shorten(texts[i].replace("<br />", " "), chars) for i in worst],  # IMDB's line breaks as spaces
+        "true": [names[labels[i]] for i in worst],
+        "predicted": [names[predicted[i]] for i in worst],
+        "probability": probabilities[worst, predicted[worst]],
+        "tokens": [f"{n_tokens[i]:,}" + (f" (cut to {max_length})" if n_tokens[i] > max_length else "") for i in worst],
+    })  # fmt: skip
+
+
+def shorten(text: str, chars: int) -> str:
+    """`text`, or its start and end when it is longer than `chars`."""
+    return text if len(text) <= chars else f"{text[: chars // 2]} [...] {text[-chars // 2 :]}"
+
+
+def describe_memory_split(rows: list[dict]) -> str:
+    """Markdown: what 4-bit storage and what gradient checkpointing each save and cost, from `train.memory_split`'s rows
+    (LoRA and NF4 LoRA, each with checkpointing off and on, one training step on the same batch)."""
+    cell = {(r["variant"], r["checkpointing"]): r for r in rows}
+    lora, nf4 = dict.fromkeys(r["variant"] for r in rows)
+
+    def mb(variant: str, checkpointing: bool, key: str) -> str:
+        value = cell[variant, checkpointing][key] / 1e6
+        return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"  # a tiny model's megabytes keep a decimal
+
+    def step(variant: str, checkpointing: bool) -> float:
+        return cell[variant, checkpointing]["step_seconds"]
+
+    weights_lora, weights_nf4 = (cell[v, False]["weights_bytes"] for v in (lora, nf4))
+    return (
+        f"**4-bit storage** shrinks the weights from {mb(lora, False, 'weights_bytes')} MB ({lora}) to "
+        f"{mb(nf4, False, 'weights_bytes')} MB ({nf4}), "
+        f"{1 - weights_nf4 / weights_lora:.0%} less, and makes a step x{step(nf4, False) / step(lora, False):.2f} as long "
+        f"(each 4-bit weight is de-quantized before its matmul). **Gradient checkpointing** keeps "
+        f"{mb(lora, True, 'saved_bytes')} MB of activations for the backward pass instead of "
+        f"{mb(lora, False, 'saved_bytes')} MB ({lora}; {mb(nf4, True, 'saved_bytes')} vs "
+        f"{mb(nf4, False, 'saved_bytes')} MB for {nf4}), and makes a step x{step(lora, True) / step(lora, False):.2f} as "
+        f"long for {lora} and x{step(nf4, True) / step(nf4, False):.2f} for {nf4} (the forward pass runs twice). {nf4} as "
+        f"declared (both on) takes x{step(nf4, True) / step(lora, False):.2f} "
+        f"the time of {lora} (both off) per step: a comparison of the two alone credits 4-bit storage with what "
+        "checkpointing saves, and charges it with what checkpointing costs."
+    )
+
+
+# tokens/s per variant and precision, measured side by side on one CPU (bench/precision.py)
+MEASURED_RATES = Path(__file__).resolve().parents[1] / "results" / "precision" / "cpu.json"
+
+
+def expected_minutes(cfg, tokenized, chosen: dict, on_gpu: bool, rates: Path = MEASURED_RATES) -> str:
+    """Markdown: how long each chosen variant's training and evaluation should take in this run, from its token counts
+    and the tokens/s `bench/precision.py` measured per variant on a CPU (train / evaluate rates; head-only on cached
+    features pays one frozen pass over every review at the evaluation rate)."""
+    from peft_sentiment.hardware import resolve_precision
+
+    if on_gpu:
+        return (
+            "On a GPU: not yet measured by this project (`bench/gpu_check.py` has not run on one); expect far less than on a CPU."
+        )
+    if not rates.is_file():
+        return f"No measured rates to estimate from ({rates.name} is missing: `python bench/precision.py` writes it)."
+    record = json.loads(rates.read_text())
+    if record["config"]["model_name"] != cfg.model_name:
+        return f"No measured rates for `{cfg.model_name}` to estimate from (`bench/precision.py` measured `{record['config']['model_name']}`)."
+    precision = resolve_precision(cfg.precision)
+    tokens = {split: sum(tokenized[split]["length"]) for split in ("train", "validation", "test")}
+    lines = ["| variant | training | evaluation | in all |", "|---|---|---|---|"]
+    total = 0.0
+    for name, variant in chosen.items():
+        measured = record["variants"].get(name, {}).get(precision)
+        if measured is None:
+            lines.append(f"| {variant.label} | not measured | | |")
+            continue
+        if variant.trains == "head" and cfg.head_on_cached_features:
+            train_s, eval_s = 0.0, sum(tokens.values()) / measured["eval_tokens_per_s"]
+        else:
+            train_s = tokens["train"] * cfg.epochs / measured["train_tokens_per_s"]
+            eval_s = (tokens["validation"] * cfg.evals_per_run + tokens["test"]) / measured["eval_tokens_per_s"]
+        total += train_s + eval_s
+        lines.append(f"| {variant.label} | {train_s / 60:.0f} min | {eval_s / 60:.0f} min | {(train_s + eval_s) / 60:.0f} min |")
+    device = record["device"]
+    return "\n".join([
+        f"**Before you run the next cell**: about {total / 60:.0f} min in all on {device['name']}, {device['cores']} cores "
+        f"({precision}), from this run's token counts ({tokens['train']:,} training, {tokens['test']:,} test tokens) and the "
+        f"tokens/s `bench/precision.py` measured there ({record['created'][:10]}); another CPU differs. On a GPU: not yet "
+        "measured by this project.",
+        "",
+        *lines,
+    ])  # fmt: skip
 
 
 def update_readme(readme: str, records_dirs: list[str]) -> str:

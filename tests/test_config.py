@@ -2,9 +2,10 @@ import os
 
 import pytest
 
-from peft_sentiment.config import PROFILES, config_to_dict, make_config, resolve_profile
+from peft_sentiment import config
+from peft_sentiment.config import PROFILES, config_to_dict, make_config, parse_overrides, resolve_profile
 from peft_sentiment.pipeline import save_dir
-from peft_sentiment.variants import VARIANTS
+from peft_sentiment.variants import VARIANTS, variants_to_run
 
 
 def test_profiles_resolve_and_full_keeps_the_reference_lora_setup():
@@ -19,9 +20,21 @@ def test_profiles_resolve_and_full_keeps_the_reference_lora_setup():
     ]  # fmt: skip
 
 
-def test_smoke_never_writes_the_committed_adapter_folders():
-    smoke = make_config("smoke")
-    assert all(str(save_dir(smoke, v)).startswith("runs/smoke/") for v in VARIANTS.values() if v.save_dir)
+@pytest.mark.parametrize("profile", ["smoke", "quick"])
+def test_smoke_and_quick_never_write_the_committed_folders(profile):
+    cfg = make_config(profile)
+    assert all(str(save_dir(cfg, v)).startswith(f"runs/{profile}/") for v in VARIANTS.values() if v.save_dir)
+    assert cfg.records_dir.startswith(f"runs/{profile}/") and cfg.work_dir.startswith(f"runs/{profile}/")
+
+
+def test_quick_is_cpu_on_fewer_shorter_reviews_without_full_fine_tuning():
+    quick, cpu = make_config("quick"), make_config("cpu")
+    assert (quick.model_name, quick.train_size, quick.val_size, quick.test_size, quick.max_length) == (
+        "smollm2-135m", 500, 100, 500, 128
+    )  # fmt: skip
+    assert (quick.test_seed, quick.retired_test_subset) == (cpu.test_seed, cpu.retired_test_subset)  # fresh test reviews
+    assert list(variants_to_run(quick)) == ["head_only", "lora", "nf4_lora"]
+    assert list(variants_to_run(cpu)) == list(VARIANTS) and cpu.variants is None
 
 
 def test_another_dataset_drops_imdbs_prompt_suffix_and_writes_under_its_own_name(monkeypatch):
@@ -41,9 +54,44 @@ def test_another_dataset_drops_imdbs_prompt_suffix_and_writes_under_its_own_name
 
 
 def test_profile_comes_from_the_environment(monkeypatch):
+    monkeypatch.setattr(config, "default_profile", lambda: pytest.fail("$PEFT_PROFILE is set: no need to look"))
     monkeypatch.setenv("PEFT_PROFILE", "smoke")
     assert resolve_profile() == "smoke"
     assert resolve_profile("full") == "full"  # an explicit argument wins
+
+
+@pytest.mark.parametrize(
+    "gpu, hub, expected",
+    [(True, True, "full"), (True, False, "quick"), (False, True, "quick"), (False, False, "quick")],
+)
+def test_without_a_profile_full_needs_a_gpu_and_the_hub_else_quick(gpu, hub, expected, monkeypatch):
+    monkeypatch.delenv("PEFT_PROFILE", raising=False)
+    monkeypatch.setattr(config.hardware, "on_gpu", lambda: gpu)
+    monkeypatch.setattr(config, "hub_reachable", lambda: hub if gpu else pytest.fail("no GPU: no need to ask the Hub"))
+    assert resolve_profile() == expected and make_config().profile == expected
+    assert config.choose_profile()[1]  # and says why
+
+
+def test_the_hub_check_is_false_offline():
+    assert config.hub_reachable(timeout=1) is False  # the suite runs with HF_HUB_OFFLINE and no network
+
+
+def test_every_profile_says_what_it_costs():
+    assert set(config.PROFILE_COSTS) == set(PROFILES)
+    assert all(cost.startswith(("About", "Under", "Not yet measured")) for cost in config.PROFILE_COSTS.values())
+
+
+def test_variants_are_chosen_by_name_and_checked():
+    assert make_config("smoke", variants=["lora"]).variants == ("lora",)  # a list from JSON
+    assert make_config("smoke", **parse_overrides(["variants=head_only,lora"])).variants == ("head_only", "lora")
+    assert make_config("smoke", **parse_overrides(["variants=None"])).variants is None
+    assert config_to_dict(make_config("smoke", variants="nf4_lora"))["variants"] == ["nf4_lora"]
+    cfg = make_config("smoke", variants=("nf4_lora", "head_only"))
+    assert list(variants_to_run(cfg)) == ["head_only", "nf4_lora"]  # declaration order: the order of tables and runs
+    with pytest.raises(ValueError, match=r"unknown \['qlora'\]\. Valid variants: head_only, lora, nf4_lora, full_finetune"):
+        make_config("smoke", variants="lora,qlora")
+    with pytest.raises(ValueError, match="none named"):
+        make_config("smoke", variants=())
 
 
 def test_data_dir_comes_from_the_environment(monkeypatch, tmp_path):
@@ -53,7 +101,7 @@ def test_data_dir_comes_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_unknown_profile_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="Valid profiles: full, cpu, smoke"):
+    with pytest.raises(ValueError, match="Valid profiles: full, cpu, quick, smoke"):
         make_config("fast")
 
 
@@ -89,6 +137,10 @@ def test_profiles_are_full_plus_their_differences():
     for name in ("cpu", "smoke"):
         changed = {k for k, v in config_to_dict(PROFILES[name]).items() if v != full[k]}
         assert changed and "seed" not in changed and {"profile", "model_name"} <= changed
+    cpu = config_to_dict(PROFILES["cpu"])  # quick is what it changes from cpu: its model and recipe stay cpu's
+    changed = {k for k, v in config_to_dict(PROFILES["quick"]).items() if v != cpu[k]}
+    assert changed == {"profile", "train_size", "val_size", "test_size", "max_length", "checkpoint_every", "variants",
+                       "save_dir", "records_dir", "work_dir"}  # fmt: skip
     assert make_config("cpu").precision == make_config("full").precision == "auto"
 
 

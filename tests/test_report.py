@@ -1,3 +1,6 @@
+import dataclasses
+import json
+
 import pytest
 from conftest import fake_record
 
@@ -6,10 +9,10 @@ from peft_sentiment import plots, recording, report
 
 def test_table_and_summary_come_from_the_records(records):
     table = report.compare_variants(records)
-    assert table.loc["LoRA", "accuracy"] == 0.88 and table.loc["NF4 LoRA", "train s"] == 30.0
+    assert table.loc["LoRA", "accuracy %"] == pytest.approx(88.0) and table.loc["NF4 LoRA", "train s"] == 30.0
     md = report.markdown_table(records)
-    assert md.count("\n") == 4 and "| LoRA | 0.880 |" in md
-    assert list(table.columns[:4]) == ["accuracy", "95% CI", "macro F1", "ROC-AUC"]
+    assert md.count("\n") == 4 and "| LoRA | 88.0 | 83.0-93.0 |" in md  # in percent
+    assert list(table.columns[:4]) == ["accuracy %", "95% CI", "macro F1 %", "ROC-AUC"]
     summary = report.summarize_results(records)
     assert "Best test accuracy: LoRA at 88.0%" in summary
     assert "- NF4 LoRA vs LoRA: -2.0 points;" in summary  # the pairs the declarations name (compared_with)
@@ -69,7 +72,7 @@ def test_readme_results_block_is_generated_from_records(records, tmp_path):
     readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\noutro\n")
     text = report.update_readme(readme, [tmp_path / "rec"])
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
-    assert "| LoRA | 0.880 |" in text and "| TF-IDF + LR (baseline) | 0.850 |" in text
+    assert "| LoRA | 88.0 |" in text and "| TF-IDF + LR (baseline) | 85.0 |" in text
     assert "`stanfordnlp/imdb` train 1000 / validation 200 / test 100" in text
     assert "What they say (generated from the records):\n\n- Best test accuracy: LoRA at 88.0%" in text
     readme.write_text("no markers")
@@ -86,11 +89,11 @@ def test_analysis_reads_the_records_test_labels_and_draws_every_variant(records)
         rich.append(r)
     table = report.analysis_table(rich)  # predicted 1 0 1 0: right, right, wrong, right
     assert list(table.columns) == [
-        "accuracy on neg", "accuracy on pos", "accuracy whole texts", "accuracy truncated", "truncated texts", "ECE"
+        "accuracy on neg %", "accuracy on pos %", "accuracy whole texts %", "accuracy truncated %", "truncated texts", "ECE"
     ]  # fmt: skip
-    assert table.loc["LoRA", "accuracy on neg"] == pytest.approx(2 / 3) and table.loc["LoRA", "accuracy on pos"] == 1.0
-    assert table.loc["LoRA", "truncated texts"] == 2 and table.loc["LoRA", "accuracy truncated"] == 1.0
-    assert table.loc["LoRA", "accuracy whole texts"] == 0.5
+    assert table.loc["LoRA", "accuracy on neg %"] == pytest.approx(200 / 3) and table.loc["LoRA", "accuracy on pos %"] == 100
+    assert table.loc["LoRA", "truncated texts"] == 2 and table.loc["LoRA", "accuracy truncated %"] == 100
+    assert table.loc["LoRA", "accuracy whole texts %"] == 50
     fig = plots.plot_analysis(rich)
     assert len(fig.axes) == 6
     assert len(fig.axes[3].get_lines()) == 3 + 1  # a ROC curve per variant, and chance
@@ -110,15 +113,15 @@ def three_class_record(variant, accuracy):
 def test_three_class_records_get_tables_summary_and_plots_without_roc():
     records = [three_class_record("head_only", 0.5), three_class_record("lora", 0.75)]
     table = report.compare_variants(records)
-    assert "ROC-AUC" not in table.columns and "macro F1" in table.columns
+    assert "ROC-AUC" not in table.columns and "macro F1 %" in table.columns
     assert "ROC-AUC" not in report.markdown_table(records)
     summary = report.summarize_results(records)
     assert "LoRA vs head-only: +25.0 points; 0 texts only LoRA gets right, 0 only head-only" in summary
     analysis = report.analysis_table(records)
     assert [c for c in analysis.columns if c.startswith("accuracy on")] == [
-        "accuracy on negative", "accuracy on neutral", "accuracy on positive"
+        "accuracy on negative %", "accuracy on neutral %", "accuracy on positive %"
     ]  # fmt: skip
-    assert analysis.loc["LoRA", "accuracy on positive"] == 0.5 and 0 <= analysis.loc["LoRA", "ECE"] <= 1
+    assert analysis.loc["LoRA", "accuracy on positive %"] == 50 and 0 <= analysis.loc["LoRA", "ECE"] <= 1
     fig = plots.plot_analysis(records)
     roc = fig.axes[len(records)]  # after one confusion matrix per variant
     assert [t.get_text() for t in roc.get_legend().get_texts()] == ["more than two classes: no ROC"]
@@ -139,3 +142,55 @@ def test_a_block_in_another_folder_links_files_relative_to_itself(tmp_path, monk
     readme.write_text("<!-- x:start -->\n<!-- x:end -->\n")
     report.replace_block(readme, "x", body)
     assert "![a plot](results/plot.png)" in readme.read_text()
+
+
+def test_numbers_read_as_people_read_them():
+    assert [report.format_cell(v) for v in (1000.0, 576, 88.94, 0.0312, 1234.56, 5e-4, 2e-5, 0.0, "a-b")] == [
+        "1,000", "576", "88.9", "0.031", "1,234.6", "0.0005", "2e-05", "0", "a-b"
+    ]  # fmt: skip
+
+
+def test_misclassified_shows_the_most_confident_errors_first(records):
+    record = records[0] | {"test_labels": [0, 1, 1, 0], "predictions": [0.9, 0.2, 0.7, 0.6], "test_n_tokens": [10, 300, 5, 7]}
+    record["config"] = record["config"] | {"max_length": 256}
+    texts = ["a" * 1000, "short", "right", "also wrong"]
+    table = report.misclassified(record, texts, k=5, chars=40)
+    assert list(table["true"]) == ["neg", "pos", "neg"] and list(table["predicted"]) == ["pos", "neg", "pos"]
+    assert list(table["probability"]) == pytest.approx([0.9, 0.8, 0.6])  # the probability of the wrong answer
+    assert table["text"][0] == "a" * 20 + " [...] " + "a" * 20 and table["tokens"][1] == "300 (cut to 256)"
+
+
+def test_memory_split_is_described_from_its_rows():
+    rows = [
+        {"variant": v, "checkpointing": on, "weights_bytes": w, "saved_bytes": 100e6 if not on else 10e6, "step_seconds": s}
+        for v, w, base in (("LoRA", 500e6, 1.0), ("NF4 LoRA", 200e6, 1.5))
+        for on, s in ((False, base), (True, base * 1.3))
+    ]
+    text = report.describe_memory_split(rows)
+    assert "from 500 MB (LoRA) to 200 MB (NF4 LoRA), 60% less, and makes a step x1.50 as long" in text
+    assert "keeps 10.0 MB of activations for the backward pass instead of 100 MB" in text
+    assert "x1.30 as long for LoRA and x1.30 for NF4 LoRA" in text and "takes x1.95 the time of LoRA" in text
+
+
+def test_expected_minutes_come_from_token_counts_and_measured_rates(tmp_path, records):
+    from datasets import Dataset
+
+    from peft_sentiment.config import make_config
+    from peft_sentiment.variants import VARIANTS
+
+    rates = {"variants": {name: {"fp32": {"train_tokens_per_s": 100.0, "eval_tokens_per_s": 200.0}} for name in VARIANTS},
+             "device": {"name": "Test CPU", "cores": 2}, "created": "2026-12-03T00:00", "config": {"model_name": "tiny-gpt2"}}  # fmt: skip
+    path = tmp_path / "cpu.json"
+    path.write_text(json.dumps(rates))
+    tokenized = {s: Dataset.from_dict({"length": [n] * 10}) for s, n in (("train", 600), ("validation", 120), ("test", 1200))}
+    cfg = make_config("smoke", precision="fp32", epochs=1, evals_per_run=1)
+    chosen = {name: VARIANTS[name] for name in ("head_only", "lora")}
+    text = report.expected_minutes(cfg, tokenized, chosen, on_gpu=False, rates=path)
+    # head-only: one frozen pass over 19,200 tokens at 200/s = 1.6 min; LoRA: 6,000 / 100 = 1 min + 13,200 / 200 = 1.1 min
+    assert "| head-only | 0 min | 2 min | 2 min |" in text and "| LoRA | 1 min | 1 min | 2 min |" in text
+    assert "about 4 min in all on Test CPU, 2 cores (fp32)" in text
+    assert "not yet measured" in report.expected_minutes(cfg, tokenized, chosen, on_gpu=True, rates=path)
+    other_model = dataclasses.replace(cfg, model_name="gpt2-random")
+    assert "No measured rates for `gpt2-random`" in report.expected_minutes(
+        other_model, tokenized, chosen, on_gpu=False, rates=path
+    )

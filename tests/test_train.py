@@ -246,3 +246,28 @@ def test_activation_cost_shows_checkpointing_keeps_less_for_backward(toy_cfg, ti
     assert 0 < on["saved_bytes"] < off["saved_bytes"] / 2  # only each block's input is kept
     assert on["forward_seconds"] <= on["step_seconds"] and off["forward_seconds"] <= off["step_seconds"]
     assert all(p.grad is None for p in model.parameters())  # cleared after each step
+
+
+def test_memory_split_separates_4bit_storage_from_checkpointing(toy_cfg, tiny_model_path, tokenizer, toy_tokenized):
+    probes = {
+        "LoRA": build(LORA, toy_cfg, tiny_model_path, tokenizer),
+        "NF4 LoRA": build(NF4, toy_cfg, tiny_model_path, tokenizer),
+    }
+    rows = toy_tokenized["train"].select(range(4)).select_columns(["input_ids", "attention_mask", "label"])
+    split = train.memory_split(probes, train.make_collator(tokenizer)(list(rows)))
+    cell = {(r["variant"], r["checkpointing"]): r for r in split}
+    assert set(cell) == {(v, on) for v in probes for on in (False, True)}
+    assert cell["NF4 LoRA", False]["weights_bytes"] < cell["LoRA", False]["weights_bytes"]  # 4-bit storage: the weights
+    for v in probes:  # checkpointing: the activations, not the weights
+        assert cell[v, True]["saved_bytes"] < cell[v, False]["saved_bytes"] / 2
+        assert cell[v, True]["weights_bytes"] == cell[v, False]["weights_bytes"]
+    # each model is left as declared: NF4 LoRA with checkpointing, LoRA without
+    assert probes["NF4 LoRA"].is_activation_checkpointing and not probes["LoRA"].is_activation_checkpointing
+
+
+def test_head_only_on_cached_features_shows_the_arguments_it_trains_with(toy_cfg):
+    head = train.training_args_of(toy_cfg, HEAD)
+    assert head.num_train_epochs == toy_cfg.head_epochs and head.save_strategy == "no"
+    assert train.training_args_of(toy_cfg, LORA).num_train_epochs == toy_cfg.epochs
+    through_model = dataclasses.replace(toy_cfg, head_on_cached_features=False)
+    assert train.training_args_of(through_model, HEAD).num_train_epochs == toy_cfg.epochs
