@@ -240,7 +240,7 @@ def describe_memory_split(rows: list[dict]) -> str:
     """Markdown: what 4-bit storage and what gradient checkpointing each save and cost, from `train.memory_split`'s rows
     (LoRA and NF4 LoRA, each with checkpointing off and on, one training step on the same batch)."""
     cell = {(r["variant"], r["checkpointing"]): r for r in rows}
-    lora, nf4 = dict.fromkeys(r["variant"] for r in rows)
+    plain, four_bit = dict.fromkeys(r["variant"] for r in rows)
 
     def mb(variant: str, checkpointing: bool, key: str) -> str:
         value = cell[variant, checkpointing][key] / 1e6
@@ -249,18 +249,18 @@ def describe_memory_split(rows: list[dict]) -> str:
     def step(variant: str, checkpointing: bool) -> float:
         return cell[variant, checkpointing]["step_seconds"]
 
-    weights_lora, weights_nf4 = (cell[v, False]["weights_bytes"] for v in (lora, nf4))
+    weights_plain, weights_four_bit = (cell[v, False]["weights_bytes"] for v in (plain, four_bit))
     return (
-        f"**4-bit storage** shrinks the weights from {mb(lora, False, 'weights_bytes')} MB ({lora}) to "
-        f"{mb(nf4, False, 'weights_bytes')} MB ({nf4}), "
-        f"{1 - weights_nf4 / weights_lora:.0%} less, and makes a step x{step(nf4, False) / step(lora, False):.2f} as long "
+        f"**4-bit storage** shrinks the weights from {mb(plain, False, 'weights_bytes')} MB ({plain}) to "
+        f"{mb(four_bit, False, 'weights_bytes')} MB ({four_bit}), "
+        f"{1 - weights_four_bit / weights_plain:.0%} less, and makes a step x{step(four_bit, False) / step(plain, False):.2f} as long "
         f"(each 4-bit weight is de-quantized before its matmul). **Gradient checkpointing** keeps "
-        f"{mb(lora, True, 'saved_bytes')} MB of activations for the backward pass instead of "
-        f"{mb(lora, False, 'saved_bytes')} MB ({lora}; {mb(nf4, True, 'saved_bytes')} vs "
-        f"{mb(nf4, False, 'saved_bytes')} MB for {nf4}), and makes a step x{step(lora, True) / step(lora, False):.2f} as "
-        f"long for {lora} and x{step(nf4, True) / step(nf4, False):.2f} for {nf4} (the forward pass runs twice). {nf4} as "
-        f"declared (both on) takes x{step(nf4, True) / step(lora, False):.2f} "
-        f"the time of {lora} (both off) per step: a comparison of the two alone credits 4-bit storage with what "
+        f"{mb(plain, True, 'saved_bytes')} MB of activations for the backward pass instead of "
+        f"{mb(plain, False, 'saved_bytes')} MB ({plain}; {mb(four_bit, True, 'saved_bytes')} vs "
+        f"{mb(four_bit, False, 'saved_bytes')} MB for {four_bit}), and makes a step x{step(plain, True) / step(plain, False):.2f} as "
+        f"long for {plain} and x{step(four_bit, True) / step(four_bit, False):.2f} for {four_bit} (the forward pass runs twice). {four_bit} as "
+        f"declared (both on) takes x{step(four_bit, True) / step(plain, False):.2f} "
+        f"the time of {plain} (both off) per step: a comparison of the two alone credits 4-bit storage with what "
         "checkpointing saves, and charges it with what checkpointing costs."
     )
 
@@ -274,6 +274,7 @@ def expected_minutes(cfg, tokenized, chosen: dict, on_gpu: bool, rates: Path = M
     and the tokens/s `bench/precision.py` measured per variant on a CPU (train / evaluate rates; head-only on cached
     features pays one frozen pass over every review at the evaluation rate)."""
     from peft_sentiment.hardware import resolve_precision
+    from peft_sentiment.train import on_cached_features
 
     if on_gpu:
         return (
@@ -293,7 +294,7 @@ def expected_minutes(cfg, tokenized, chosen: dict, on_gpu: bool, rates: Path = M
         if measured is None:
             lines.append(f"| {variant.label} | not measured | | |")
             continue
-        if variant.trains == "head" and cfg.head_on_cached_features:
+        if on_cached_features(cfg, variant):
             train_s, eval_s = 0.0, sum(tokens.values()) / measured["eval_tokens_per_s"]
         else:
             train_s = tokens["train"] * cfg.epochs / measured["train_tokens_per_s"]

@@ -120,10 +120,13 @@ def on_cached_features(cfg: Config, variant) -> bool:
 
 
 def training_args_of(cfg: Config, variant) -> TrainingArguments:
-    """The arguments the variant's training really runs with: head-only on cached features runs its own epochs over
-    one feature vector per review, shuffled, with nothing worth checkpointing (`fit_head`)."""
-    if not on_cached_features(cfg, variant):
-        return make_training_args(cfg, variant)
+    """The arguments the variant's training really runs with: `fit_head`'s for head-only on cached features."""
+    return head_training_args(cfg, variant) if on_cached_features(cfg, variant) else make_training_args(cfg, variant)
+
+
+def head_training_args(cfg: Config, variant) -> TrainingArguments:
+    """A head trained on cached features: its own epochs over one feature vector per review, shuffled, with nothing
+    worth checkpointing."""
     return make_training_args(
         cfg, variant, num_train_epochs=cfg.head_epochs, train_sampling_strategy="random", save_strategy="no",
         include_num_input_tokens_seen="no",  # the frozen pass counted the tokens; the head sees one vector per review
@@ -301,7 +304,7 @@ def train_and_evaluate(trainer: Trainer, cfg: Config, test_ds, resume: bool = Fa
 
 def fit_head(cfg: Config, variant, model, features: dict, labels: dict, callbacks=()) -> tuple:
     """Train the model's head on cached features (train) with validation passes; returns (trainer, train output)."""
-    args = training_args_of(cfg, variant)
+    args = head_training_args(cfg, variant)
     head = FeatureHead(model.score)  # shares the weights: training it trains the model's head
     trainer = Trainer(
         model=head,
