@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from datasets import DatasetDict  # noqa: E402
 from harness import git_commit, what_else_ran  # noqa: E402
-from truncation import frozen_features, head_probabilities, scores, trainer_probabilities  # noqa: E402
+from truncation import frozen_features, head_probabilities, resumable, scores, trainer_probabilities  # noqa: E402
 
 from peft_sentiment import data, hardware, metrics, models, recording, report  # noqa: E402
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides  # noqa: E402
@@ -94,16 +94,12 @@ def run(args, argv, path: Path) -> dict:
         "versions": recording.library_versions(),
         "what_else_ran": [],
     }
-    if args.resume and path.is_file():
-        previous = recording.read_json(path)
-        same = all(previous.get(k) == record[k] for k in ("variant", "config", "precision", "validation", "validation_labels"))
-        if same:
-            kept = [s for s in previous["sizes"] if int(s) in args.sizes]
-            for key in ("sizes", "predictions"):
-                record[key] = {s: previous[key][s] for s in kept}
-            record["what_else_ran"] = previous["what_else_ran"]
-        else:
-            print(f"{path} was made with another config, precision or validation set: every size runs again")
+    previous = resumable(path, record) if args.resume else None  # the same checks as bench/truncation.py's
+    if previous:
+        kept = [s for s in previous["sizes"] if int(s) in args.sizes]
+        for key in ("sizes", "predictions"):
+            record[key] = {s: previous[key][s] for s in kept}
+        record["what_else_ran"] = previous["what_else_ran"]
     variant = get_variant(args.variant)
     for size in [s for s in args.sizes if str(s) not in record["sizes"]]:
         started = time.perf_counter()
