@@ -27,10 +27,10 @@ def test_smoke_and_quick_never_write_the_committed_folders(profile):
     assert cfg.records_dir.startswith(f"runs/{profile}/") and cfg.work_dir.startswith(f"runs/{profile}/")
 
 
-def test_quick_is_cpu_on_fewer_shorter_reviews_without_full_fine_tuning():
+def test_quick_is_cpu_on_fewer_reviews_without_full_fine_tuning():
     quick, cpu = make_config("quick"), make_config("cpu")
     assert (quick.model_name, quick.train_size, quick.val_size, quick.test_size, quick.max_length) == (
-        "smollm2-135m", 500, 100, 500, 128
+        "smollm2-135m", 500, 100, 500, cpu.max_length
     )  # fmt: skip
     assert (quick.test_seed, quick.retired_test_subset) == (cpu.test_seed, cpu.retired_test_subset)  # fresh test reviews
     assert list(variants_to_run(quick)) == ["head_only", "lora", "nf4_lora"]
@@ -139,7 +139,7 @@ def test_profiles_are_full_plus_their_differences():
         assert changed and "seed" not in changed and {"profile", "model_name"} <= changed
     cpu = config_to_dict(PROFILES["cpu"])  # quick is what it changes from cpu: its model and recipe stay cpu's
     changed = {k for k, v in config_to_dict(PROFILES["quick"]).items() if v != cpu[k]}
-    assert changed == {"profile", "train_size", "val_size", "test_size", "max_length", "checkpoint_every", "variants",
+    assert changed == {"profile", "train_size", "val_size", "test_size", "checkpoint_every", "variants",
                        "save_dir", "records_dir", "work_dir"}  # fmt: skip
     assert make_config("cpu").precision == make_config("full").precision == "auto"
 

@@ -1,6 +1,7 @@
 """The notebook: committed clean, and runs top to bottom on the smoke profile."""
 
 import getpass
+import json
 import os
 import re
 import shutil
@@ -38,6 +39,12 @@ def test_committed_notebook_is_clean_or_one_stamped_run():
     assert "run-stamp" in first.metadata.get("tags", []) and "profile `" in first.source and "started 20" in first.source
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "every cell once, in order"
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+
+
+def test_committed_notebook_cells_have_ids():
+    # nbformat 4.5 requires them; without, every run warns "Cell is missing an id field" before its first output
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    assert [i for i, c in enumerate(cells) if "id" not in c] == []
 
 
 def output_texts(nb) -> list[str]:
