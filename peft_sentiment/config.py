@@ -170,9 +170,10 @@ PROFILES: dict[str, Config] = {
     "full": FULL,
     "cpu": CPU,
     # The offline default (./run.sh without a GPU and the Hub): the cpu profile's pretrained model and recipe, on
-    # fewer reviews, without full fine-tuning (it saves a 540 MB model and doubles the time). Its reviews keep cpu's
-    # 256 tokens: at 128, LoRA scored 84.4% on quick's test reviews (the run of 2026-12-03), while at 256 on 500
-    # training reviews it scores 87.0% on validation (bench/curve.py, results/cpu/curve/lora.json).
+    # fewer reviews, head-only and LoRA. Its reviews keep cpu's 256 tokens: at 128, LoRA scored 84.4% on quick's test
+    # reviews, while at 256 on 500 training reviews it scores 87.0% on validation (bench/curve.py). At 256, NF4 LoRA
+    # (checkpointing, 4-bit) would add about 10 min to the 18 (fresh-clone ./run.sh, 2026-12-03): it and full
+    # fine-tuning are cpu's lesson, or VARIANTS in the notebook's parameters cell.
     "quick": dataclasses.replace(
         CPU,
         profile="quick",
@@ -180,7 +181,7 @@ PROFILES: dict[str, Config] = {
         val_size=100,
         test_size=500,  # fresh as cpu's (its test_seed, the retired reviews left out); about +-3 points at 87%
         checkpoint_every=0.5,
-        variants=("head_only", "lora", "nf4_lora"),
+        variants=("head_only", "lora"),
         save_dir="runs/quick",  # never the committed saved_*_lora folders or results/
         records_dir="runs/quick/records",
         work_dir="runs/quick/work",
@@ -216,8 +217,8 @@ PROFILE_COSTS = {
     "full": "Not yet measured (no GPU run so far; docs/gpu.md). The tutorial itself: GPT-2 on all of IMDB, four variants.",
     "cpu": "Under 2 hours on 2 CPU cores with native bf16 (about 97 min estimated; the committed run's time is under the "
     "results), about twice that without. Real accuracy offline, four variants on 2,000 test reviews (+-1.3 points).",
-    "quick": "About 20 minutes on 2 CPU cores with native bf16 (AVX512-BF16 or AMX), about twice that without. Real "
-    "accuracy offline, head-only, LoRA and NF4 LoRA on 500 test reviews (about +-3 points).",
+    "quick": "About 20 minutes in all, setup included, on 2 CPU cores with native bf16 (AVX512-BF16 or AMX), about twice that without. Real "
+    "accuracy offline, head-only and LoRA on 500 test reviews (about +-3 points); NF4 LoRA and full fine-tuning are `cpu`'s.",
     "smoke": "About a minute on 2 CPU cores. Checks the machinery: a tiny random model, its accuracies mean nothing.",
 }
 

@@ -87,7 +87,7 @@ def test_train_runs_the_profiles_variants_unless_named(toy_imdb_dir, tmp_path, m
     called = {}
     monkeypatch.setattr(cli, "run_training", lambda cfg, variants, **kwargs: called.update(cfg=cfg, variants=variants))
     assert main(["train", "--profile", "quick", "--variants", "lora"]) == 0
-    assert called["variants"] == ["lora"] and called["cfg"].variants == ("head_only", "lora", "nf4_lora")
+    assert called["variants"] == ["lora"] and called["cfg"].variants == ("head_only", "lora")
 
 
 def test_profile_prints_the_default_and_says_why_and_what_it_costs(monkeypatch, capsys):

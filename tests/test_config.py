@@ -27,13 +27,13 @@ def test_smoke_and_quick_never_write_the_committed_folders(profile):
     assert cfg.records_dir.startswith(f"runs/{profile}/") and cfg.work_dir.startswith(f"runs/{profile}/")
 
 
-def test_quick_is_cpu_on_fewer_reviews_without_full_fine_tuning():
+def test_quick_is_cpu_on_fewer_reviews_head_only_and_lora():
     quick, cpu = make_config("quick"), make_config("cpu")
     assert (quick.model_name, quick.train_size, quick.val_size, quick.test_size, quick.max_length) == (
         "smollm2-135m", 500, 100, 500, cpu.max_length
     )  # fmt: skip
     assert (quick.test_seed, quick.retired_test_subset) == (cpu.test_seed, cpu.retired_test_subset)  # fresh test reviews
-    assert list(variants_to_run(quick)) == ["head_only", "lora", "nf4_lora"]
+    assert list(variants_to_run(quick)) == ["head_only", "lora"]
     assert list(variants_to_run(cpu)) == list(VARIANTS) and cpu.variants is None
 
 
