@@ -50,7 +50,9 @@ def test_committed_adapter_reproduces_its_record(folder, variant):
     out = inference.predict_reviews(model, tokenizer, test["text"][:n], **inference.encoding(meta))  # as it was trained
     assert models.nf4_kernel(model) == record["nf4_kernel"]
     probs = [o["probabilities"][1] for o in out]  # a binary record keeps P(pos)
-    assert probs == pytest.approx(record["predictions"][:n], abs=2e-4)
+    # in bf16 autocast, another batching (the Trainer's vs predict_reviews') rounds differently: up to 0.004 measured
+    tolerance = 2e-4 if record["precision"] == "fp32" else 1e-2
+    assert probs == pytest.approx(record["predictions"][:n], abs=tolerance)
     if n == len(test):
         assert classification_metrics(test["label"], probs)["accuracy"] == record["metrics"]["accuracy"]
 
