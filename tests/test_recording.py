@@ -37,8 +37,8 @@ def test_records_from_before_datasets_were_settings_are_read_and_upgraded(record
     assert {k: v for k, v in back.items() if k not in ("dataset", "labels", "metrics")} == json.loads(
         json.dumps({k: v for k, v in old.items() if k != "metrics"})
     )
-    committed = recording.read_records(ROOT / "results" / "cpu")  # the committed records are of that age
-    assert [r["variant"] for r in committed] == ["head_only", "lora", "nf4_lora"]
+    committed = recording.read_records(ROOT / "results" / "cpu")  # the committed records read as well (file-name order)
+    assert [r["variant"] for r in committed] == ["full_finetune", "head_only", "lora", "nf4_lora"]
     assert all(r["labels"] == ["neg", "pos"] and 0.5 < r["metrics"]["f1_macro"] <= 1 for r in committed)
 
 
