@@ -210,6 +210,14 @@ def records():
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+def bench_sets(data_dir, out, **settings) -> list[str]:
+    """`--set` values that point a bench script at the toy data, at 12 tokens and 16 validation and test reviews unless
+    `settings` say otherwise, and write its records and checkpoints under `out` only."""
+    settings = {"val_size": 16, "test_size": 16, "max_length": 12} | settings
+    return [f"data_dir='{data_dir}'", *(f"{name}={value}" for name, value in settings.items()),
+            f"records_dir='{out}/records'", f"work_dir='{out}/work'"]  # fmt: skip
+
+
 def load_bench(name: str):
     """A bench/ script imported as a module (bench/ is not a package), to test its functions."""
     import importlib.util

@@ -3,13 +3,12 @@
 import json
 
 import pytest
-from conftest import load_bench
+from conftest import bench_sets, load_bench
 
 
 def test_every_size_is_scored_on_the_same_reviews_no_size_trains_on(toy_imdb_dir, tmp_path):
     bench = load_bench("curve")
-    sets = [f"data_dir='{toy_imdb_dir}'", "val_size=16", "test_size=16", "max_length=12", "head_epochs=2",
-            f"records_dir='{tmp_path}/records'", f"work_dir='{tmp_path}/work'"]  # fmt: skip
+    sets = bench_sets(toy_imdb_dir, tmp_path, head_epochs=2)
     argv = ["--profile", "smoke", "--variant", "head_only", "--sizes", "32", "64", "--val-size", "32", "--set", *sets]
     assert bench.main(argv) == 0
     record = json.loads((tmp_path / "records" / "curve" / "head_only.json").read_text())

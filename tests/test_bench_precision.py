@@ -3,15 +3,14 @@
 import json
 
 import pytest
-from conftest import load_bench
+from conftest import bench_sets, load_bench
 
 from peft_sentiment.variants import VARIANTS
 
 
 def test_each_variant_runs_in_both_precisions_on_the_same_reviews(toy_imdb_dir, tmp_path):
     bench = load_bench("precision")
-    sets = [f"data_dir='{toy_imdb_dir}'", "train_size=64", "val_size=16", "test_size=16", "max_length=12", "head_epochs=2",
-            f"records_dir='{tmp_path}/records'", f"work_dir='{tmp_path}/work'", f"save_dir='{tmp_path}'"]  # fmt: skip
+    sets = [*bench_sets(toy_imdb_dir, tmp_path, train_size=64, head_epochs=2), f"save_dir='{tmp_path}'"]
     out = tmp_path / "precision.json"
     argv = ["--profile", "smoke", "--train-size", "32", "--val-size", "24", "--out", str(out), "--set", *sets]
     assert bench.main(argv) == 0

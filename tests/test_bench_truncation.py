@@ -3,13 +3,12 @@
 import json
 
 import pytest
-from conftest import load_bench
+from conftest import bench_sets, load_bench
 
 
 def test_settings_are_scored_on_the_same_unused_training_reviews(toy_imdb_dir, tmp_path):
     bench = load_bench("truncation")
-    sets = [f"data_dir='{toy_imdb_dir}'", "train_size=64", "val_size=16", "test_size=16", "max_length=12", "head_epochs=2",
-            f"records_dir='{tmp_path}/records'", f"work_dir='{tmp_path}/work'"]  # fmt: skip
+    sets = bench_sets(toy_imdb_dir, tmp_path, train_size=64, head_epochs=2)
     assert bench.main(["--profile", "smoke", "--val-size", "32", "--set", *sets]) == 0
     record = json.loads((tmp_path / "records" / "truncation" / "head_only.json").read_text())
     assert list(record["settings"]) == ["head", "tail", "head+tail", "head, no prompt suffix"]
@@ -34,8 +33,7 @@ def test_settings_are_scored_on_the_same_unused_training_reviews(toy_imdb_dir, t
 
 def test_lora_trains_once_per_setting_and_scores_after_training(toy_imdb_dir, tmp_path):
     bench = load_bench("truncation")
-    sets = [f"data_dir='{toy_imdb_dir}'", "train_size=32", "val_size=16", "test_size=16", "max_length=12",
-            f"records_dir='{tmp_path}/records'", f"work_dir='{tmp_path}/work'"]  # fmt: skip
+    sets = bench_sets(toy_imdb_dir, tmp_path, train_size=32)
     argv = ["--profile", "smoke", "--variant", "lora", "--settings", "head", "head+tail", "--val-size", "24", "--set", *sets]
     assert bench.main(argv) == 0
     record = json.loads((tmp_path / "records" / "truncation" / "lora.json").read_text())
@@ -54,8 +52,7 @@ def test_every_declared_variant_can_be_scored(toy_imdb_dir, tmp_path):
     """Full fine-tuning, declared after the benchmark was written, trains through the same path as LoRA."""
     bench = load_bench("truncation")
     assert bench.parse_args(["--variant", "full_finetune"]).variant == "full_finetune"
-    sets = [f"data_dir='{toy_imdb_dir}'", "train_size=32", "val_size=16", "test_size=16", "max_length=12",
-            f"records_dir='{tmp_path}/records'", f"work_dir='{tmp_path}/work'"]  # fmt: skip
+    sets = bench_sets(toy_imdb_dir, tmp_path, train_size=32)
     argv = ["--profile", "smoke", "--variant", "full_finetune", "--settings", "head", "--val-size", "24", "--set", *sets]
     assert bench.main(argv) == 0
     record = json.loads((tmp_path / "records" / "truncation" / "full_finetune.json").read_text())
@@ -66,8 +63,7 @@ def test_every_declared_variant_can_be_scored(toy_imdb_dir, tmp_path):
 
 def test_lora_records_each_setting_as_it_finishes_and_resumes_after_a_crash(toy_imdb_dir, tmp_path, monkeypatch):
     bench = load_bench("truncation")
-    sets = [f"data_dir='{toy_imdb_dir}'", "train_size=32", "val_size=16", "test_size=16", "max_length=12",
-            f"records_dir='{tmp_path}/records'", f"work_dir='{tmp_path}/work'"]  # fmt: skip
+    sets = bench_sets(toy_imdb_dir, tmp_path, train_size=32)
     argv = ["--profile", "smoke", "--variant", "lora", "--settings", "head", "head+tail", "--val-size", "24", "--set", *sets]
     real_fit, trained = bench.train.fit, []
 
