@@ -56,7 +56,8 @@ def what_else_ran(seconds: float = 1.0) -> dict:
         except psutil.Error:
             continue
         if percent >= 5:
-            busy.append({"pid": p.pid, "cpu_percent": percent, "command": " ".join(p.info["cmdline"] or [p.info["name"]])[:120]})
+            command = " ".join(p.info["cmdline"] or [p.info["name"]]).replace(f"{ROOT}/", "")  # records name no machine's folders
+            busy.append({"pid": p.pid, "cpu_percent": percent, "command": command[:120]})
     return {"load_average_1_5_15": list(os.getloadavg()), "busy_processes": busy}
 
 

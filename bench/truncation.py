@@ -146,7 +146,7 @@ def resumable(path: Path, record: dict) -> dict | None:
     return previous
 
 
-def run(args, argv, path: Path) -> dict:
+def run(args, argv, path: Path, script: str = "bench/truncation.py") -> dict:
     """Score each setting on the carved validation set; the record at `path` is rewritten as each one finishes."""
     started = time.perf_counter()
     cfg = make_config(args.profile, **parse_overrides(args.set))
@@ -158,7 +158,8 @@ def run(args, argv, path: Path) -> dict:
     record = {
         "variant": args.variant,
         "profile": cfg.profile,
-        "command": "python " + shlex.join(["bench/truncation.py", *argv]),
+        "command": "python " + shlex.join([script, *argv]),
+        "evaluated_on": "validation",
         "config": config_to_dict(cfg),
         "precision": hardware.describe_precision(cfg.precision),
         "validation": {

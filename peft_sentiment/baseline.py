@@ -7,8 +7,7 @@ import time
 from peft_sentiment.data import strip_markup
 from peft_sentiment.hardware import device_info
 from peft_sentiment.metrics import accuracy_interval, classification_metrics
-from peft_sentiment.recording import library_versions
-from peft_sentiment.train import PeakMemory
+from peft_sentiment.recording import PeakMemory, library_versions
 
 
 def train_tfidf_baseline(splits, seed: int, cs=(0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)) -> dict:

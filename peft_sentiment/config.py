@@ -58,6 +58,9 @@ class Config:
     head_epochs: float  # head-only epochs over the cached features (nearly free once cached)
     weight_decay: float
     evals_per_run: int  # validation passes during training (a learning curve; each costs a pass over val_size)
+    # None: train for `epochs` exactly (IMDB's validated budget). A number: `epochs` is a cap, and training stops once
+    # validation loss has not improved for that many validation passes; the best checkpoint is kept (own data)
+    early_stopping_patience: int | None
     checkpoint_every: float  # checkpoint interval: a fraction (< 1) of the run's steps, or a number of steps
     warmup_ratio: float
     precision: str  # "auto" (bf16 where the hardware computes it natively, else fp32), "fp32", "bf16", "fp16"
@@ -66,11 +69,12 @@ class Config:
     lora_alpha: int
     lora_dropout: float
     lora_targets: tuple[str, ...] | None  # None = every linear layer below the head (peft's "all-linear")
-    # "default": peft's (B = 0: training starts from the base as loaded, 4-bit rounding included); "loftq": on 4-bit
-    # bases, each LoRA pair starts as the best rank-r fit of what the rounding lost (models.init_lora_from_rounding)
-    lora_init: str
     # --- NF4 ---
-    nf4_compute_dtype: str  # what NF4 matmuls dequantize to: "bfloat16" (GPUs) or "float32"
+    nf4_compute_dtype: str  # what NF4 matmuls dequantize to: "auto" (as `precision` resolves), "bfloat16", "float16", "float32"
+    nf4_double_quant: bool  # quantize NF4's per-block scales too (QLoRA's ~0.4 bit per weight saved)
+    # layers kept in 16/32 bits, by name (bitsandbytes' llm_int8_skip_modules, which replaces transformers' default
+    # skips: list the head too); None = transformers' default (the head alone)
+    nf4_skip_modules: tuple[str, ...] | None
     # --- outputs ---
     save_dir: str  # trained adapters and models go to <save_dir>/<the variant's folder> (saved_f32_lora, ...)
     records_dir: str  # one JSON record per variant
@@ -110,6 +114,7 @@ FULL = Config(
     lr_full=2e-5,  # the usual range for fully fine-tuning a 100M-parameter model (BERT, GPT-2: 1e-5..5e-5)
     weight_decay=0.0,
     evals_per_run=4,
+    early_stopping_patience=None,
     checkpoint_every=0.1,  # a crash costs at most a tenth of the run
     warmup_ratio=0.05,
     precision="auto",  # bf16 mixed precision where the GPU or CPU computes bf16 natively, else fp32 (hardware.py)
@@ -117,8 +122,11 @@ FULL = Config(
     lora_alpha=16,
     lora_dropout=0.1,
     lora_targets=None,  # GPT-2: c_attn, c_proj (attention and MLP), c_fc
-    lora_init="default",  # LoftQ on validation (cpu, NF4): 86.1% vs 87.3% for this default, p 0.058 (docs/benchmarks.md)
-    nf4_compute_dtype="bfloat16",  # the reference's, for GPUs
+    # LoRA starts as peft's default (B = 0). LoftQ's start (the best rank-r fit of what 4-bit rounding lost) scored 86.1%
+    # vs 87.3% on validation (cpu, NF4, p 0.058; commit a217ec2, docs/benchmarks.md): removed with its option.
+    nf4_compute_dtype="auto",  # the reference's bf16 where the GPU computes it natively; fp16 on a T4 (hardware.py)
+    nf4_double_quant=True,  # the QLoRA recipe's
+    nf4_skip_modules=None,
     save_dir=".",  # saved_f32_lora/ and saved_nf4_lora/ beside the notebook (committed); saved_full_finetune/ is git-ignored
     records_dir="results/full",
     work_dir="runs/full",
@@ -127,7 +135,7 @@ FULL = Config(
 # Real accuracy offline on 2 CPU cores: a pretrained LM of GPT-2's size (SmolLM2-135M, installed from PyPI) on real
 # IMDB reviews, sized so that the notebook (four variants, 2,000 test reviews, bf16 where the CPU has it) finishes
 # within 120 min on 2 cores with native bf16: about 97 min, estimated from bench/precision.py's tokens/s
-# (docs/benchmarks.md, "How many training reviews"); about twice that in fp32.
+# (docs/benchmarks.md, "How many training reviews"); about 1.5x that in fp32 (quick: 24 vs 16.5 min).
 CPU = dataclasses.replace(
     FULL,
     profile="cpu",
@@ -155,7 +163,7 @@ CPU = dataclasses.replace(
     lr_full=5e-5,  # short run: the upper end of the usual range, as for LoRA (not yet swept)
     evals_per_run=1,  # one LoRA validation pass of 200 reviews took 121 s here
     checkpoint_every=0.25,
-    lora_r=8,  # bench/sweep: rank 16 no better on validation
+    lora_r=8,  # rank 16 no better on validation: LoRA (bench/sweep), NF4 LoRA 86.9 vs 87.3% (results/nf4/r16.json)
     # Off: drawing LoRA's dropout masks (7 per layer) was 20% of a training step on this CPU
     # (torch.profiler), and without it validation accuracy held (bench/sweep, docs/benchmarks.md).
     lora_dropout=0.0,
@@ -216,11 +224,19 @@ PROFILES: dict[str, Config] = {
 PROFILE_COSTS = {
     "full": "Not yet measured (no GPU run so far; docs/gpu.md). The tutorial itself: GPT-2 on all of IMDB, four variants.",
     "cpu": "Under 2 hours on 2 CPU cores with native bf16 (about 97 min estimated; the committed run's time is under the "
-    "results), about twice that without. Real accuracy offline, four variants on 2,000 test reviews (+-1.3 points).",
-    "quick": "About 20 minutes in all, setup included, on 2 CPU cores with native bf16 (AVX512-BF16 or AMX), about twice that without. Real "
-    "accuracy offline, head-only and LoRA on 500 test reviews (about +-3 points); NF4 LoRA and full fine-tuning are `cpu`'s.",
+    "results), about 1.5x that without. Real accuracy offline, four variants on 2,000 test reviews (+-1.3 points).",
+    "quick": "About 20 minutes in all, setup included, on 2 CPU cores with native bf16 (AVX512-BF16 or AMX), about 1.5x "
+    "that without (24 min measured on an AVX2-only CPU). Real accuracy offline, head-only and LoRA on 500 test reviews "
+    "(about +-3 points); NF4 LoRA and full fine-tuning are `cpu`'s.",
     "smoke": "About a minute on 2 CPU cores. Checks the machinery: a tiny random model, its accuracies mean nothing.",
 }
+
+
+# What another dataset gets instead of IMDB's settings, unless it sets them itself: IMDB's prompt suffix and its
+# retired test reviews belong to IMDB, and one epoch over IMDB-length reviews is a budget far too small for short
+# texts (LoRA scored below head-only on a short-text set with it): trained variants run until validation loss stops
+# improving, a pass every half epoch, within a cap of 10 epochs that the run states before it starts.
+OWN_DATA = {"prompt_suffix": "", "retired_test_subset": None, "epochs": 10, "evals_per_run": 20, "early_stopping_patience": 3}
 
 
 def hub_reachable(timeout: float = 5) -> bool:
@@ -276,12 +292,12 @@ def make_config(profile: str | None = None, **overrides) -> Config:
         overrides["data_dir"] = os.environ[DATA_DIR_ENV]
     if dataset != base.dataset:
         own = f"runs/{base.profile}/{Path(str(dataset).rstrip('/')).name}"
-        defaults = {"prompt_suffix": "", "save_dir": own, "records_dir": f"{own}/records", "work_dir": f"{own}/work"}
-        overrides = defaults | overrides
-    for name in ("lora_targets", "variants", "retired_test_subset"):  # lists from JSON or the CLI
+        outputs = {"save_dir": own, "records_dir": f"{own}/records", "work_dir": f"{own}/work"}
+        overrides = outputs | OWN_DATA | overrides
+    for name in ("lora_targets", "variants", "retired_test_subset", "nf4_skip_modules"):  # lists from JSON or the CLI
         if isinstance(overrides.get(name), list):
             overrides[name] = tuple(overrides[name])
-    for name in ("lora_targets", "variants"):  # `--set variants=head_only,lora`: names, comma-separated
+    for name in ("lora_targets", "variants", "nf4_skip_modules"):  # `--set variants=head_only,lora`: comma-separated
         if isinstance(overrides.get(name), str):
             overrides[name] = tuple(part.strip() for part in overrides[name].split(",") if part.strip())
     cfg = dataclasses.replace(base, **overrides)
@@ -290,10 +306,10 @@ def make_config(profile: str | None = None, **overrides) -> Config:
 
 
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "True or False", type(None): "None"}
-CHOICES = {"nf4_compute_dtype": ("float32", "bfloat16", "float16"), "truncation": TRUNCATIONS, "precision": PRECISIONS,
-           "lora_init": ("default", "loftq")}  # fmt: skip
+CHOICES = {"nf4_compute_dtype": ("auto", "float32", "bfloat16", "float16"), "truncation": TRUNCATIONS, "precision": PRECISIONS}
 POSITIVE = ("val_size", "max_length", "epochs", "head_epochs", "evals_per_run", "train_batch_size", "eval_batch_size",
             "lr_head", "lr_lora", "lr_full", "lora_r")  # fmt: skip
+POSITIVE_OR_NONE = ("train_size", "test_size", "early_stopping_patience")
 
 
 def matches_type(value, expected) -> bool:
@@ -313,9 +329,9 @@ def validate_config(cfg: Config) -> None:
         if not matches_type(getattr(cfg, field), expected):
             wanted = " or ".join(TYPE_NAMES.get(t, "a list of names") for t in typing.get_args(expected) or (expected,))
             raise ValueError(f"{field}={getattr(cfg, field)!r}: must be {wanted}.")
-    for name in ("train_size", "test_size"):
+    for name in POSITIVE_OR_NONE:
         if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
-            raise ValueError(f"{name}={getattr(cfg, name)}: must be a positive number of examples, or None for all of them.")
+            raise ValueError(f"{name}={getattr(cfg, name)}: must be positive, or None.")
     for name in POSITIVE:
         if getattr(cfg, name) <= 0:
             raise ValueError(f"{name}={getattr(cfg, name)}: must be positive.")
@@ -329,15 +345,14 @@ def validate_config(cfg: Config) -> None:
     for name in ("text_column", "label_column"):
         if not getattr(cfg, name):
             raise ValueError(f"{name} is empty: name the column of the dataset that holds the {name.split('_')[0]}.")
-    if cfg.variants is not None:
-        from peft_sentiment.variants import VARIANTS  # here, not above: variants imports models, which imports config
-
-        unknown = [name for name in cfg.variants if name not in VARIANTS]
-        if unknown or not cfg.variants:
-            raise ValueError(
-                f"variants={cfg.variants!r}: {f'unknown {unknown}' if unknown else 'none named'}. "
-                f"Valid variants: {', '.join(VARIANTS)}; or None for all of them."
-            )
+    if cfg.text_column == cfg.label_column:
+        raise ValueError(
+            f"text_column and label_column are both {cfg.text_column!r}: name the column that holds the text and the one "
+            "that holds its class."
+        )
+    # the names themselves are checked where the declarations are read (variants.variants_to_run, before any work)
+    if cfg.variants is not None and not cfg.variants:
+        raise ValueError("variants=(): none named. Name some (variants=head_only,lora), or None for all of them.")
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -360,7 +375,7 @@ def config_to_dict(cfg: Config) -> dict:
     for name in ("data_dir", "dataset"):
         if data[name] is not None and os.path.isabs(data[name]):
             data[name] = os.path.relpath(data[name])  # records name no machine's folders
-    for name in ("lora_targets", "variants", "retired_test_subset"):
+    for name in ("lora_targets", "variants", "retired_test_subset", "nf4_skip_modules"):
         if data[name] is not None:
             data[name] = list(data[name])
     return data

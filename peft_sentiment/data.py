@@ -164,6 +164,13 @@ def prepare_splits(cfg: Config, raw: DatasetDict) -> DatasetDict:
 def test_subset(cfg: Config, test: Dataset) -> Dataset:
     """The test subset: `test_size` examples drawn with `test_seed`, none of them (nor a duplicate of one) retired."""
     if cfg.retired_test_subset is not None:
+        size = cfg.retired_test_subset[0]
+        if size >= len(test):
+            raise ValueError(
+                f"retired_test_subset={cfg.retired_test_subset} retires {size:,} test examples, and the test split holds "
+                f"{len(test):,}: none would be left. It names reviews of the dataset it was drawn from (IMDB's); for "
+                "another dataset set retired_test_subset=None."
+            )
         retired = set(test.select(stratified_indices(test, *cfg.retired_test_subset))["text"])
         test = test.select([i for i, text in enumerate(test["text"]) if text not in retired])
     seed = cfg.seed if cfg.test_seed is None else cfg.test_seed

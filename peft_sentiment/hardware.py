@@ -55,20 +55,51 @@ def device_info() -> dict:
     return {"type": "cpu", "name": cpu_name(), "cores": os.cpu_count(), "features": cpu_features()}
 
 
+# oneDNN ISA caps below its first bf16 instructions: with $ONEDNN_MAX_CPU_ISA set to one of them, bf16 is emulated
+# (converted to fp32 and back) even on a CPU that has AVX512-BF16: slower than fp32, and rounded differently.
+ONEDNN_ISAS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+ONEDNN_ISA_ENV = "ONEDNN_MAX_CPU_ISA"
+# The AVX2-only path (most laptops) on any x86 CPU, for tests and benchmarks: oneDNN (bf16 matmuls), torch's own
+# vectorized kernels and MKL (fp32 matmuls) each held to AVX2, each read when its library starts (a fresh process)
+AVX2_ONLY_ENV = {ONEDNN_ISA_ENV: "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+NATIVE_BF16_CAPABILITY = (8, 0)  # Ampere: the first NVIDIA GPUs with bf16 tensor cores (T4 and V100 emulate bf16)
+
+
+def onednn_isa_cap() -> str | None:
+    """$ONEDNN_MAX_CPU_ISA when it holds oneDNN below its bf16 kernels, else None."""
+    cap = os.environ.get(ONEDNN_ISA_ENV, "").upper()
+    return cap if cap in ONEDNN_ISAS_WITHOUT_BF16 else None
+
+
 def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 matmul instructions (AVX512-BF16 or AMX), where bf16 beats fp32."""
-    return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
+    """True on CPUs with bf16 matmul instructions (AVX512-BF16 or AMX) that oneDNN may use, where bf16 beats fp32."""
+    return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS) and onednn_isa_cap() is None
+
+
+def gpu_has_native_bf16() -> bool:
+    """True on CUDA GPUs of compute capability 8.0 or more. Not `torch.cuda.is_bf16_supported()`: it answers True on
+    a T4 or V100, which emulate bf16 (slowly) and compute fp16 fast."""
+    return torch.cuda.get_device_capability() >= NATIVE_BF16_CAPABILITY
 
 
 def resolve_precision(precision: str = "auto") -> str:
-    """The precision a run trains in: `auto` is bf16 where the hardware has it (GPU or CPU), fp16 on older GPUs, else fp32."""
+    """The precision a run computes in: `auto` is what the hardware computes natively: bf16 on GPUs of capability 8.0+
+    and CPUs with AVX512-BF16 or AMX, fp16 on older CUDA GPUs, fp32 on other CPUs."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: choose one of {', '.join(PRECISIONS)}.")
     if precision != "auto":
         return precision
     if on_gpu():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if gpu_has_native_bf16() else "fp16"
     return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+COMPUTE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def resolve_compute_dtype(dtype: str, precision: str) -> str:
+    """A torch dtype name for NF4's de-quantized matmuls: `dtype` itself, or for "auto" the one `precision` resolves to."""
+    return COMPUTE_DTYPES[resolve_precision(precision)] if dtype == "auto" else dtype
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -89,10 +120,14 @@ def describe_precision(precision: str) -> str:
     if precision != "auto":
         return f"precision {chosen} (set in the config)"
     if on_gpu():
-        why = f"{torch.cuda.get_device_name()} {'has' if chosen == 'bf16' else 'lacks'} bf16"
+        capability = ".".join(map(str, torch.cuda.get_device_capability()))
+        native = "computes bf16 natively" if chosen == "bf16" else "emulates bf16, computes fp16 natively"
+        why = f"{torch.cuda.get_device_name()}, compute capability {capability}, {native}"
     else:
         present = [f for f in NATIVE_BF16_FLAGS if f in cpu_flags()]
         why = f"CPU with {', '.join(present)}" if present else f"CPU without {' or '.join(NATIVE_BF16_FLAGS)}"
+        if present and onednn_isa_cap():
+            why += f", but ${ONEDNN_ISA_ENV}={onednn_isa_cap()} holds oneDNN to kernels without bf16"
     return f"precision {chosen} (auto: {why})"
 
 

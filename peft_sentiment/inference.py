@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig,
 
 from peft_sentiment.catalog import WEIGHTS_SOURCE, architecture_of, hub_base_model, load_tokenizer, resolve_model
 from peft_sentiment.config import IMDB
-from peft_sentiment.data import encode_reviews, strip_markup
+from peft_sentiment.data import encode_reviews
 from peft_sentiment.hardware import autocast, resolve_precision
 from peft_sentiment.models import NF4_EMBEDDING_DTYPE, load_classifier
 from peft_sentiment.recording import atomic_path
@@ -191,37 +191,41 @@ def merge_adapter(adapter_dir: str, out_dir: str, model_path: str | None = None)
     return Path(out_dir)
 
 
-def make_pipeline(model_dir: str):
-    """A `transformers.pipeline("text-classification")` on a merged model folder; returns (pipeline, encode).
+PREDICTION_PRECISIONS = ("auto", "recorded", "fp32", "bf16", "fp16")
 
-    `encode(texts)` prepares reviews as training did (markup stripped, the prompt suffix appended), so
-    that the pipeline sees what the model was trained on; reviews longer than max_length are cut at
-    the end by the pipeline, suffix included, so pass them through `predict_reviews` instead.
+
+def encoding(meta: dict, precision: str = "auto") -> dict:
+    """How to encode and compute an adapter's reviews, as `predict_reviews` takes it: encoded as in training, computed
+    in `precision`: "auto" (what this machine computes natively), "recorded" (the adapter's training precision,
+    which reproduces its record), or fp32, bf16, fp16.
+
+    "auto" by default: an adapter trained in bf16 on a CPU with AVX512-BF16 predicts 6-12x slower under emulated bf16
+    on a CPU without it, for probabilities that move within bf16's rounding (docs/benchmarks.md, "Predicting in
+    another precision"). Adapters from before truncation settings were trained with `head`, and those from before
+    the precision setting in fp32.
     """
-    from transformers import pipeline
-
-    meta = json.loads((Path(model_dir) / META_FILE).read_text())
-    classify = pipeline("text-classification", model=str(model_dir), tokenizer=str(model_dir), device=-1)
-
-    def encode(texts: list[str]) -> list[str]:
-        return [text + meta["prompt_suffix"] for text in strip_markup(texts)]
-
-    return classify, encode
-
-
-def encoding(meta: dict) -> dict:
-    """How an adapter's reviews were encoded and computed, as `predict_reviews` takes it.
-
-    Adapters from before truncation settings were trained with `head`, and those from before the precision
-    setting in fp32.
-    """
+    if precision not in PREDICTION_PRECISIONS:
+        raise ValueError(f"precision={precision!r}: choose one of {', '.join(PREDICTION_PRECISIONS)}.")
+    recorded = meta.get("precision", "fp32")
     return {
         "max_length": meta["max_length"],
         "suffix": meta["prompt_suffix"],
         "truncation": meta.get("truncation", "head"),
         "head_share": meta.get("truncation_head_share", 0.25),
-        "precision": meta.get("precision", "fp32"),
+        "precision": recorded if precision == "recorded" else resolve_precision(precision),
     }
+
+
+def describe_prediction_precision(meta: dict, precision: str = "auto") -> str:
+    """One line: the precision predictions compute in, and how it relates to the adapter's training precision."""
+    chosen, recorded = encoding(meta, precision)["precision"], meta.get("precision", "fp32")
+    if chosen == recorded:
+        return f"predicting in {chosen}, the precision {meta['variant']} was trained and recorded in"
+    why = "this machine's native precision" if precision == "auto" else "as asked"
+    return (
+        f"predicting in {chosen} ({why}); {meta['variant']} was trained in {recorded}: probabilities differ from its "
+        f"record within {recorded}'s rounding (--precision recorded reproduces the record)"
+    )
 
 
 @torch.inference_mode()  # no autograd graph: less memory, faster

@@ -6,27 +6,20 @@ for more, one probability per class. `class_probabilities` and `predicted_labels
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from pathlib import Path
 
 import evaluate
 import numpy as np
+from scipy.special import softmax as scipy_softmax
+from scipy.stats import binomtest
 
-METRIC_DIR = Path(__file__).parent / "sentiment_metric"
-
-
-@lru_cache(maxsize=1)
-def load_sentiment_metric():
-    """The project's `evaluate` metric module, loaded from its local folder."""
-    return evaluate.load(str(METRIC_DIR))
+METRIC_DIR = Path(__file__).parent / "sentiment_metric"  # evaluate.load("accuracy") needs the Hub; a local module not
 
 
 def softmax(logits) -> np.ndarray:
-    """Class probabilities from logits, by a numerically stable softmax (float64)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
+    """Class probabilities from (n, classes) logits, in float64 (records keep 6 decimals)."""
+    return scipy_softmax(np.asarray(logits, dtype=np.float64), axis=-1)
 
 
 def class_probabilities(predictions) -> np.ndarray:
@@ -46,11 +39,15 @@ def predicted_labels(predictions) -> np.ndarray:
     return class_probabilities(predictions).argmax(axis=1)
 
 
+@lru_cache(maxsize=1)
+def sentiment_metric():
+    """The project's `evaluate` metric module (scikit-learn does the arithmetic), loaded once from its folder."""
+    return evaluate.load(str(METRIC_DIR))
+
+
 def classification_metrics(labels, predictions) -> dict[str, float]:
     """Accuracy and macro F1; with two classes also precision, recall, F1 of class 1 and ROC-AUC."""
-    return load_sentiment_metric().compute(
-        predictions=class_probabilities(predictions).tolist(), references=list(map(int, labels))
-    )
+    return sentiment_metric().compute(predictions=class_probabilities(predictions).tolist(), references=list(map(int, labels)))
 
 
 def compute_metrics(eval_pred) -> dict[str, float]:
@@ -59,13 +56,12 @@ def compute_metrics(eval_pred) -> dict[str, float]:
     return classification_metrics(labels, softmax(logits))
 
 
-def accuracy_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+def accuracy_interval(accuracy: float, n: int) -> tuple[float, float]:
     """The Wilson 95% interval of an accuracy measured on `n` reviews (sound near 0 and 1, unlike p +- 2se)."""
     if n <= 0:
         raise ValueError("n must be positive")
-    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    interval = binomtest(round(accuracy * n), n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def paired_difference(labels, predictions_a, predictions_b) -> dict:
@@ -74,8 +70,6 @@ def paired_difference(labels, predictions_a, predictions_b) -> dict:
     Only the reviews where they disagree carry information about which is better; under "equally good"
     each such review is a fair coin, so p is a two-sided binomial test on those counts.
     """
-    from scipy.stats import binomtest
-
     labels = np.asarray(labels)
     right_a, right_b = predicted_labels(predictions_a) == labels, predicted_labels(predictions_b) == labels
     only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())

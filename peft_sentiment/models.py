@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from peft_sentiment.config import Config
-from peft_sentiment.hardware import on_gpu
+from peft_sentiment.hardware import cpu_has_native_bf16, on_gpu, resolve_compute_dtype
 
 # GPT-2's "gelu_new" is the tanh GELU written as eight elementwise ops, each a pass over the MLP's
 # widest activations that autograd keeps for backward; torch's fused kernel computes the same function
@@ -47,17 +47,20 @@ def lora_config(r: int, alpha: int, dropout: float, targets, model_type: str) ->
 
 
 def adapted_module_names(model) -> list[str]:
-    """The short names of the layers LoRA adapted, in model order, each once (GPT-2: c_attn, c_proj, c_fc)."""
-    return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")))
+    """The short names of the layers LoRA adapted (peft's `targeted_module_names`), in model order, each once."""
+    return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name in model.targeted_module_names))
 
 
 def make_nf4_config(cfg: Config) -> BitsAndBytesConfig:
-    """4-bit NF4 with double quantization and the profile's compute dtype."""
+    """4-bit NF4 with the profile's double quantization, compute dtype and layers kept unquantized."""
     return BitsAndBytesConfig(
         load_in_4bit=True,  # every linear layer below the head quantized while loading
         bnb_4bit_quant_type="nf4",  # 16 levels placed at normal quantiles: weights are roughly normal
-        bnb_4bit_use_double_quant=True,  # quantize the per-block scales too (~0.4 bit per weight saved)
-        bnb_4bit_compute_dtype=getattr(torch, cfg.nf4_compute_dtype),  # matmuls de-quantize to this dtype
+        bnb_4bit_use_double_quant=cfg.nf4_double_quant,  # quantize the per-block scales too (~0.4 bit per weight saved)
+        # matmuls de-quantize to this dtype: "auto" follows the run's precision (bf16, fp16 on a T4, fp32)
+        bnb_4bit_compute_dtype=getattr(torch, resolve_compute_dtype(cfg.nf4_compute_dtype, cfg.precision)),
+        # None: transformers' default (the head); a list replaces it, so it names the head too
+        llm_int8_skip_modules=list(cfg.nf4_skip_modules) if cfg.nf4_skip_modules else None,
     )
 
 
@@ -177,13 +180,14 @@ def allow_cpu_inference_kernel(model, allowed: bool) -> int:
     training after any evaluation then crashes (layers with a bias) or silently stops the gradient at
     every quantized layer. The switch is the layer's `support_avx512bf16_for_cpu`, set from the CPU at
     construction; models that train are loaded with it off, so no evaluation can pack them.
-    Allowed, the packed kernel predicts 1.28x faster there (in bf16: logits move by up to 0.025).
+    Allowed, the packed kernel predicts 1.28x faster there (in bf16: logits move by up to 0.025). It is never allowed
+    where `hardware.cpu_has_native_bf16()` says no ($ONEDNN_MAX_CPU_ISA=AVX2 takes the AVX2-only path everywhere).
     """
     from bitsandbytes.functional import has_avx512bf16
 
     layers = layers_4bit(model)
     for layer in layers:
-        layer.support_avx512bf16_for_cpu = allowed and has_avx512bf16()
+        layer.support_avx512bf16_for_cpu = allowed and has_avx512bf16() and cpu_has_native_bf16()
     return len(layers)
 
 
@@ -260,43 +264,10 @@ def build_model(cfg: Config, variant, model_path: str, tokenizer, labels):
     if variant.peft_config:  # LoraConfig (task_type SEQ_CLS: the head trains in full and is saved with the adapter)
         model = get_peft_model(model, variant.peft_config(cfg, model_path))
         keep_existing_modules_to_save(model)
-        if bnb_config is not None and cfg.lora_init == "loftq":
-            init_lora_from_rounding(model, model_path)
         return model
     model.requires_grad_(variant.trains == "all")
     model.score.requires_grad_(True)  # the new head always trains
     return model
-
-
-@torch.no_grad()
-def init_lora_from_rounding(model, model_path: str) -> int:
-    """LoftQ's initialization (Li et al., 2023), one step: each LoRA pair on a 4-bit layer starts as the best rank-r fit
-    of what rounding took from that layer (SVD of W - dequantize(Q)), so training starts from the fp32 weights, not the
-    rounded ones. peft's `replace_lora_weights_loftq` does the same on CUDA or XPU only (peft 0.21.2); this computes
-    where the model is, LoRA's alpha / r scaling taken out. Returns how many layers it set."""
-    import bitsandbytes as bnb
-    from safetensors import safe_open
-    from transformers.utils import cached_file
-
-    transpose = model.config.model_type == "gpt2"  # Conv1D checkpoints store (in, out); quantizing transposed them
-    layers = 0
-    with safe_open(cached_file(model_path, "model.safetensors"), framework="pt") as checkpoint:
-        keys = set(checkpoint.keys())
-        for name, module in model.named_modules():
-            if not (hasattr(module, "lora_A") and isinstance(getattr(module, "base_layer", None), bnb.nn.Linear4bit)):
-                continue
-            key = name.removeprefix("base_model.model.") + ".weight"
-            key = key if key in keys else key.split(".", 1)[1]  # the Hub's gpt2 checkpoint has no `transformer.` prefix
-            weight = checkpoint.get_tensor(key).float()
-            base = module.base_layer.weight
-            rounded = bnb.functional.dequantize_4bit(base.data, base.quant_state).float()
-            u, s, vh = torch.linalg.svd((weight.T if transpose else weight).to(rounded.device) - rounded, full_matrices=False)
-            for adapter, r in module.r.items():
-                root = (s[:r] / module.scaling[adapter]).sqrt()  # scaling * B @ A = U_r diag(s_r) Vh_r
-                module.lora_B[adapter].weight.copy_(u[:, :r] * root)
-                module.lora_A[adapter].weight.copy_(root[:, None] * vh[:r])
-            layers += 1
-    return layers
 
 
 def keep_existing_modules_to_save(model) -> list[str]:
@@ -309,10 +280,10 @@ def keep_existing_modules_to_save(model) -> list[str]:
 
 def count_parameters(model) -> dict[str, int]:
     """Trainable and total parameters (a 4-bit weight counts as the parameters it stands for)."""
-    trainable, total = model.get_nb_trainable_parameters() if hasattr(model, "get_nb_trainable_parameters") else (None, None)
-    if trainable is None:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+    if hasattr(model, "get_nb_trainable_parameters"):  # peft's
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        trainable, total = model.num_parameters(only_trainable=True), model.num_parameters()
     return {"trainable": int(trainable), "total": int(total)}
 
 

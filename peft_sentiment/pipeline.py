@@ -76,6 +76,8 @@ def run_training(cfg: Config, variants=None, *, resume: bool = False, command: s
         prepared = prepare_data(cfg, splits)
     records = []
     for variant in chosen:
+        if state.is_main_process and not train.on_cached_features(cfg, variant):
+            print(f"{variant.label}: trains {train.describe_budget(cfg, len(prepared.splits['train']))}")
         model = models.build_model(cfg, variant, prepared.model_path, prepared.tokenizer, prepared.labels)
         _, record = train.train_variant(cfg, variant, model, prepared.tokenizer, prepared.tokenized, resume=resume)
         record |= {"command": command, "processes": state.num_processes}  # with several, tokens and times are rank 0's
@@ -90,16 +92,17 @@ def run_training(cfg: Config, variants=None, *, resume: bool = False, command: s
     return records
 
 
-def evaluate_adapter(adapter: str, overrides: dict) -> dict:
-    """Accuracy (with its 95% interval) and the other metrics of a saved adapter or model on its profile's test subset."""
+def evaluate_adapter(adapter: str, overrides: dict, precision: str = "auto") -> dict:
+    """Accuracy (with its 95% interval) and the other metrics of a saved adapter or model on its profile's test subset,
+    computed in `precision` (inference.encoding: "auto", the machine's native one, or "recorded")."""
     meta = inference.check_adapter_dir(adapter)
     cfg = make_config(meta["profile"], **overrides)
     test = data.prepare_splits(cfg, data.load_splits(cfg))["test"]
     if data.class_names(test) != meta["labels"]:
         raise ValueError(f"{adapter} classifies {meta['labels']}, but this test split has {data.class_names(test)}.")
-    model, tokenizer = inference.load_adapter(adapter)  # as trained: reproduces the record on every CPU
+    model, tokenizer = inference.load_adapter(adapter)  # the packed NF4 kernel off: the record's matmuls
     out = inference.predict_reviews(
-        model, tokenizer, test["text"], batch_size=cfg.eval_batch_size, progress=True, **inference.encoding(meta)
+        model, tokenizer, test["text"], batch_size=cfg.eval_batch_size, progress=True, **inference.encoding(meta, precision)
     )
     probabilities = np.array([o["probabilities"] for o in out])
     m = metrics.classification_metrics(test["label"], probabilities)
@@ -108,6 +111,7 @@ def evaluate_adapter(adapter: str, overrides: dict) -> dict:
         "profile": cfg.profile,
         "metrics": m | {"accuracy_ci95": list(metrics.accuracy_interval(m["accuracy"], len(out))), "test_reviews": len(out)},
         "nf4_kernel": models.nf4_kernel(model),
+        "precision": inference.describe_prediction_precision(meta, precision),
         "device": hardware.device_info(),
         "predictions": metrics.recorded_predictions(probabilities),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from peft_sentiment.metrics import class_probabilities, expected_calibration_error, predicted_labels, reliability
-from peft_sentiment.report import recorded_test_split
+from peft_sentiment.recording import recorded_test_split
 from peft_sentiment.variants import label_of
 
 

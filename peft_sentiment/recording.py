@@ -1,4 +1,4 @@
-"""Results as data: provenance (versions, device), JSON records written atomically and read back, atomic folders.
+"""Results as data: provenance (versions, device), peak memory, JSON records written atomically and read back, atomic folders.
 
 Training and inference import this module; the tables and plots drawn from records live in `report`.
 """
@@ -10,12 +10,16 @@ import json
 import os
 import platform
 import shutil
+import threading
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from peft_sentiment.config import IMDB
-from peft_sentiment.hardware import device_info
+import numpy as np
+import psutil
+import torch
+
+from peft_sentiment.hardware import device_info, on_gpu
 
 LIBRARIES = ("torch", "transformers", "datasets", "peft", "bitsandbytes", "accelerate", "evaluate", "scikit-learn")
 # Keys every record has; tests and tables rely on them.
@@ -25,8 +29,6 @@ RECORD_KEYS = (
     "peak_memory_bytes", "log_history", "predictions", "test_labels", "test_n_tokens", "created",
 )  # fmt: skip
 METRIC_KEYS = ("accuracy", "accuracy_ci95", "test_reviews")
-# What records written before datasets were settings trained on (IMDB's labels), filled in as they are read
-IMDB_RECORD_DEFAULTS = {"dataset": IMDB, "labels": ["neg", "pos"]}
 
 
 def library_versions() -> dict[str, str]:
@@ -101,17 +103,6 @@ def check_record(record: dict) -> None:
         raise ValueError(f"Record {record.get('variant')!r} is missing {missing}: written by an older version? Run it again.")
 
 
-def upgrade_record(record: dict) -> dict:
-    """Fill in, in place, what records from before datasets and macro F1 were recorded lack (IMDB's)."""
-    for key, value in IMDB_RECORD_DEFAULTS.items():
-        record.setdefault(key, value)
-    if "f1_macro" not in record["metrics"]:
-        from peft_sentiment.metrics import classification_metrics
-
-        record["metrics"]["f1_macro"] = classification_metrics(record["test_labels"], record["predictions"])["f1_macro"]
-    return record
-
-
 def read_json(path) -> dict:
     """A JSON file the project wrote, or a ValueError naming the damaged file."""
     try:
@@ -120,12 +111,16 @@ def read_json(path) -> dict:
         raise ValueError(f"{path} is not valid JSON ({err}): it was cut short or edited. Restore it or run again.") from err
 
 
+def recorded_test_split(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(labels, predictions as recorded, token counts before truncation) of a record's test texts, in test order."""
+    return np.asarray(record["test_labels"]), np.asarray(record["predictions"]), np.asarray(record["test_n_tokens"])
+
+
 def read_records(records_dir: str, order=()) -> list[dict]:
     """Every record in `records_dir`, checked; those named in `order` first, in that order, then the rest by name."""
     records = sorted((read_json(p) for p in Path(records_dir).glob("*.json")), key=lambda r: r["variant"])
     for record in records:
         check_record(record)
-        upgrade_record(record)
     rank = {name: i for i, name in enumerate(order)}
     return sorted(records, key=lambda r: rank.get(r["variant"], len(rank)))
 
@@ -166,3 +161,53 @@ def notebook_command(profile: str) -> str:
         os.environ.get(NOTEBOOK_COMMAND_ENV)
         or f"PEFT_PROFILE={profile} jupyter nbconvert --to notebook --execute project_peft.ipynb"
     )
+
+
+class PeakMemory:
+    """Peak memory inside a `with` block (CUDA allocator peak on a GPU, sampled process RSS on a CPU), and its seconds.
+
+    The Trainer's own memory metrics are deltas since each stage began, so they leave out the weights
+    loaded before `train()`: where NF4 saves memory. RSS includes them. `read`, a function returning
+    bytes, is sampled instead, on any device (bench/memory: malloc's live bytes). `start_bytes` is the
+    value on entry, which the peak includes.
+    """
+
+    def __init__(self, interval_s: float = 0.05, read=None):
+        self.interval_s, self.read = interval_s, read
+        self.start_bytes = self.peak_bytes = 0
+        self.seconds = 0.0  # the block's wall time
+        self._cuda = read is None and on_gpu()
+
+    def __enter__(self):
+        self._start = time.perf_counter()
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.start_bytes = torch.cuda.memory_allocated()
+            return self
+        if self.read is None:
+            process = psutil.Process()
+            self.read = lambda: process.memory_info().rss
+        self.start_bytes = self.peak_bytes = self.read()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while True:
+            self.peak_bytes = max(self.peak_bytes, self.read())
+            if self._stop.wait(self.interval_s):
+                return
+
+    def current_peak(self) -> int:
+        """The peak so far, inside the block."""
+        return torch.cuda.max_memory_allocated() if self._cuda else self.peak_bytes
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self._start
+        if self._cuda:
+            self.peak_bytes = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+        return False

@@ -11,7 +11,7 @@ import numpy as np
 
 from peft_sentiment.config import IMDB
 from peft_sentiment.metrics import class_probabilities, expected_calibration_error, paired_difference, predicted_labels
-from peft_sentiment.recording import ACCURACY_RUN_FILE, read_baselines, read_records
+from peft_sentiment.recording import ACCURACY_RUN_FILE, read_baselines, read_records, recorded_test_split
 from peft_sentiment.variants import VARIANTS, label_of
 
 
@@ -184,11 +184,6 @@ def results_section(records_dir: str) -> str:
         if (Path(records_dir) / name).is_file():
             rows += ["", f"![{what}]({Path(records_dir).as_posix()}/{name})"]
     return "\n".join(rows)
-
-
-def recorded_test_split(record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(labels, predictions as recorded, token counts before truncation) of a record's test texts, in test order."""
-    return np.asarray(record["test_labels"]), np.asarray(record["predictions"]), np.asarray(record["test_n_tokens"])
 
 
 def analysis_table(records: list[dict]):

@@ -2,73 +2,29 @@
 
 from __future__ import annotations
 
+import math
 import shutil
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import torch
-from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import (
+    DataCollatorWithPadding,
+    EarlyStoppingCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+)
 from transformers.trainer_utils import get_last_checkpoint
 
 from peft_sentiment.config import Config, config_to_dict
 from peft_sentiment.data import class_names
 from peft_sentiment.features import FeatureHead, feature_dataset, length_order, split_features
-from peft_sentiment.hardware import autocast, device_info, on_gpu, resolve_precision
+from peft_sentiment.hardware import autocast, describe_precision, device_info, on_gpu, resolve_precision
 from peft_sentiment.metrics import accuracy_interval, compute_metrics, recorded_predictions, softmax
 from peft_sentiment.models import check_trainable, count_parameters, nf4_kernel
-from peft_sentiment.recording import library_versions, read_json, write_json_atomic
-
-
-class PeakMemory:
-    """Peak memory inside a `with` block (CUDA allocator peak on a GPU, sampled process RSS on a CPU), and its seconds.
-
-    The Trainer's own memory metrics are deltas since each stage began, so they leave out the weights
-    loaded before `train()`: where NF4 saves memory. RSS includes them. `read`, a function returning
-    bytes, is sampled instead, on any device (bench/memory: malloc's live bytes). `start_bytes` is the
-    value on entry, which the peak includes.
-    """
-
-    def __init__(self, interval_s: float = 0.05, read=None):
-        self.interval_s, self.read = interval_s, read
-        self.start_bytes = self.peak_bytes = 0
-        self.seconds = 0.0  # the block's wall time
-        self._cuda = read is None and on_gpu()
-
-    def __enter__(self):
-        self._start = time.perf_counter()
-        if self._cuda:
-            torch.cuda.reset_peak_memory_stats()
-            self.start_bytes = torch.cuda.memory_allocated()
-            return self
-        if self.read is None:
-            process = psutil.Process()
-            self.read = lambda: process.memory_info().rss
-        self.start_bytes = self.peak_bytes = self.read()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while True:
-            self.peak_bytes = max(self.peak_bytes, self.read())
-            if self._stop.wait(self.interval_s):
-                return
-
-    def current_peak(self) -> int:
-        """The peak so far, inside the block."""
-        return torch.cuda.max_memory_allocated() if self._cuda else self.peak_bytes
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self._start
-        if self._cuda:
-            self.peak_bytes = torch.cuda.max_memory_allocated()
-        else:
-            self._stop.set()
-            self._thread.join()
-        return False
+from peft_sentiment.recording import PeakMemory, library_versions, read_json, write_json_atomic
 
 
 class EvaluateAtEnd(TrainerCallback):
@@ -80,7 +36,7 @@ class EvaluateAtEnd(TrainerCallback):
 
 
 def make_training_args(cfg: Config, variant, **overrides) -> TrainingArguments:
-    """The Trainer settings every variant shares, then `variant`'s learning rate and deltas, then `overrides`."""
+    """The Trainer settings every variant shares, with `variant`'s learning rate, then `overrides`."""
     precision = resolve_precision(cfg.precision)
     settings = dict(
         output_dir=str(Path(cfg.work_dir) / variant.name),
@@ -111,7 +67,10 @@ def make_training_args(cfg: Config, variant, **overrides) -> TrainingArguments:
         dataloader_pin_memory=on_gpu(),
         use_cpu=not on_gpu(),  # also what makes torchrun/accelerate on CPUs train as one DDP job (gloo)
     )
-    return TrainingArguments(**settings | dict(variant.training_args) | overrides)
+    if cfg.early_stopping_patience:  # `epochs` is a cap: keep the best validation pass's weights (make_trainer stops early)
+        settings |= dict(save_steps=settings["eval_steps"] or cfg.checkpoint_every, load_best_model_at_end=True,
+                         metric_for_best_model="loss", greater_is_better=False)  # fmt: skip
+    return TrainingArguments(**settings | overrides)
 
 
 def on_cached_features(cfg: Config, variant) -> bool:
@@ -130,6 +89,7 @@ def head_training_args(cfg: Config, variant) -> TrainingArguments:
     return make_training_args(
         cfg, variant, num_train_epochs=cfg.head_epochs, train_sampling_strategy="random", save_strategy="no",
         include_num_input_tokens_seen="no",  # the frozen pass counted the tokens; the head sees one vector per review
+        load_best_model_at_end=False,  # a convex fit that takes seconds: its epochs, not early stopping
     )  # fmt: skip
 
 
@@ -149,9 +109,11 @@ def make_collator(tokenizer) -> DataCollatorWithPadding:
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if on_gpu() else None)
 
 
-def make_trainer(model, tokenizer, args: TrainingArguments, train_ds, eval_ds) -> Trainer:
-    """The Trainer of every variant that trains through the model (head-only on cached features has its own)."""
+def make_trainer(model, tokenizer, args: TrainingArguments, train_ds, eval_ds, patience: int | None = None) -> Trainer:
+    """The Trainer of every variant that trains through the model (head-only on cached features has its own); with
+    `patience` (the config's early_stopping_patience), it stops once that many validation passes bring no better loss."""
     check_trainable(model)
+    stop = [EarlyStoppingCallback(early_stopping_patience=patience)] if patience else []
     return Trainer(
         model=model,
         args=args,
@@ -160,7 +122,19 @@ def make_trainer(model, tokenizer, args: TrainingArguments, train_ds, eval_ds) -
         processing_class=tokenizer,
         data_collator=make_collator(tokenizer),  # pads each batch to its own longest review
         compute_metrics=compute_metrics,  # accuracy, macro F1 (and ROC-AUC for two classes) on each validation pass
-        callbacks=[EvaluateAtEnd()],
+        callbacks=[EvaluateAtEnd(), *stop],
+    )
+
+
+def describe_budget(cfg: Config, train_size: int) -> str:
+    """What a trained variant's run will cost at most, in steps and epochs, stated before it starts."""
+    steps = math.ceil(math.ceil(train_size / cfg.train_batch_size) * cfg.epochs)
+    if not cfg.early_stopping_patience:
+        return f"{cfg.epochs:g} epoch(s), {steps:,} steps of {cfg.train_batch_size}"
+    every = max(1, round(steps / cfg.evals_per_run))
+    return (
+        f"until validation loss stops improving ({cfg.early_stopping_patience} passes without a better one; a pass every "
+        f"{every:,} steps), at most {cfg.epochs:g} epochs = {steps:,} steps of {cfg.train_batch_size}; the best pass's weights are kept"
     )
 
 
@@ -373,7 +347,8 @@ def train_variant(cfg: Config, variant, model, tokenizer, splits, resume: bool =
         trainer, result = train_head_on_features(cfg, variant, model, tokenizer, splits, resume=resume)
     else:
         if trainer is None:
-            trainer = make_trainer(model, tokenizer, make_training_args(cfg, variant), splits["train"], splits["validation"])
+            args = make_training_args(cfg, variant)
+            trainer = make_trainer(model, tokenizer, args, splits["train"], splits["validation"], cfg.early_stopping_patience)
         check_trainable(trainer.model)
         result = train_and_evaluate(trainer, cfg, splits["test"], resume=resume)
     config = config_to_dict(cfg)
@@ -385,6 +360,7 @@ def train_variant(cfg: Config, variant, model, tokenizer, splits, resume: bool =
         "dataset": config["dataset"],
         "labels": class_names(splits["test"]),
         "precision": resolve_precision(cfg.precision),
+        "precision_chosen": describe_precision(cfg.precision),  # what `auto` picked on this machine, and why
         "nf4_kernel": nf4_kernel(model),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),  # sdpa, eager, ...
         "versions": library_versions(),

@@ -3,14 +3,13 @@
 Everything else (the CLI's choices, the pipeline, records, tables, plots, the notebook and the
 benchmarks) reads these declarations and never a variant's name (a profile may choose some by name: the
 config's `variants`), so a new variant is one `declare(...)` here or in your own code.
-`models.build_model` turns a declaration into a model; `train.make_training_args` gives it its learning
-rate and training-argument deltas.
+`models.build_model` turns a declaration into a model; `train.make_training_args` gives it its learning rate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from peft_sentiment.config import Config
 from peft_sentiment.models import make_lora_config, make_nf4_config
@@ -29,7 +28,6 @@ class Variant:
     quantization: Callable | None = None  # cfg -> BitsAndBytesConfig: the base loaded quantized
     peft_config: Callable | None = None  # (cfg, model_path) -> a peft config (LoraConfig): adapters on the base
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
-    training_args: Mapping = field(default_factory=dict)  # TrainingArguments that differ from the shared ones
     save_dir: str | None = None  # folder under cfg.save_dir for the trained adapter or model; None = not saved
     reference_accuracy: float | None = None  # what the reference notebook reached (GPT-2, all of IMDB), if it ran it
     compared_with: str | None = None  # the variant whose predictions the summary tests this one's against

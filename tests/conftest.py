@@ -87,14 +87,14 @@ THREE_CLASSES = {"negative": NEGATIVE, "neutral": ["fine", "okay", "average", "p
                  "positive": POSITIVE}  # fmt: skip
 
 
-def three_class_reviews(n: int, seed: int) -> pd.DataFrame:
-    """Reviews in three classes with string labels, named as a user's CSV might (`review`, `sentiment`)."""
+def three_class_reviews(n: int, seed: int, classes: dict = THREE_CLASSES) -> pd.DataFrame:
+    """Reviews in three classes (or `classes`) with string labels, named as a user's CSV might (`review`, `sentiment`)."""
     rng = random.Random(seed)
-    names = list(THREE_CLASSES)
+    names = list(classes)
     rows = []
     for i in range(n):
-        name = names[i % 3]
-        words = THREE_CLASSES[name]
+        name = names[i % len(names)]
+        words = classes[name]
         body = [rng.choice(NEUTRAL + words) for _ in range(rng.randint(4, 20))]
         rows.append({"review": " ".join([*body, rng.choice(words)]), "sentiment": name})
     return pd.DataFrame(rows)
@@ -174,9 +174,12 @@ def force_bf16_cpu_kernels(monkeypatch):
     import bitsandbytes.functional
     import bitsandbytes.nn.modules
 
+    from peft_sentiment import models
+
     def force():
         monkeypatch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
         monkeypatch.setattr(bitsandbytes.functional, "has_avx512bf16", lambda: True)
+        monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)  # also under $ONEDNN_MAX_CPU_ISA=AVX2
 
     return force
 

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from conftest import THREE_CLASSES, three_class_reviews
 
 from peft_sentiment import cli, config
 from peft_sentiment.cli import main
@@ -203,7 +204,7 @@ def test_the_full_profile_runs_on_the_tiny_model(toy_imdb_dir, tmp_path):
         model, tokenizer = inference.load_adapter(folder)
         meta = inference.check_adapter_dir(folder)
         assert meta["precision"] == "bf16"
-        out = inference.predict_reviews(model, tokenizer, test["text"], **inference.encoding(meta))
+        out = inference.predict_reviews(model, tokenizer, test["text"], **inference.encoding(meta, "recorded"))
         # evaluated under bf16 autocast, and predicted here under it too (the adapter records its precision)
         assert [o["probabilities"][1] for o in out] == pytest.approx(record["predictions"], abs=1e-4)
     assert records["nf4_lora"]["nf4_kernel"] == "dequantize to the compute dtype, then matmul"
@@ -242,6 +243,37 @@ def test_own_three_class_csv_trains_every_variant(three_class_dir, tmp_path, mon
     assert capsys.readouterr().out.split("\t")[0] in names
     assert main(["report", str(out), "--plots"]) == 0  # confusion matrices of three classes, no ROC
     assert (out / "analysis.png").is_file() and "accuracy on neutral" in capsys.readouterr().out
+
+
+FOUR_CLASSES = THREE_CLASSES | {"mixed": ["uneven", "patchy", "bittersweet", "flawed", "partly", "inconsistent"]}
+
+
+def test_own_four_class_csv_trains_on_the_default_profile(tmp_path, monkeypatch, capsys):
+    """The offline default profile (quick) with only the three data settings: IMDB's retired test reviews, prompt suffix
+    and one-epoch budget stay IMDB's; the trained variant runs until validation stops improving, within a stated cap."""
+    from peft_sentiment import recording
+    from peft_sentiment.config import PROFILES
+
+    folder = tmp_path / "four_class"
+    folder.mkdir()
+    three_class_reviews(1200, seed=0, classes=FOUR_CLASSES).to_csv(folder / "train.csv", index=False)
+    three_class_reviews(400, seed=1, classes=FOUR_CLASSES).to_csv(folder / "test.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    data_settings = [f"dataset='{folder}'", "text_column='review'", "label_column='sentiment'"]
+    # quick's own settings, on a tiny model: a test cannot afford the real backbone
+    assert main(["train", "--profile", "quick", *sets([*data_settings, "model_name='tiny-gpt2'"])]) == 0
+    out = capsys.readouterr().out
+    assert "LoRA: trains until validation loss stops improving" in out and "at most 10 epochs = 630 steps" in out
+    records = {r["variant"]: r for r in recording.read_records(tmp_path / "runs" / "quick" / "four_class" / "records")}
+    assert list(records) == list(PROFILES["quick"].variants) == ["head_only", "lora"]
+    for r in records.values():
+        assert r["config"]["retired_test_subset"] is None and r["config"]["prompt_suffix"] == ""
+        assert r["metrics"]["test_reviews"] == 400 and len(r["labels"]) == 4  # every test row: none retired
+    lora = records["lora"]
+    evals = [e for e in lora["log_history"] if "eval_loss" in e]
+    # it trained past IMDB's one epoch, and kept its best validation pass
+    assert max(e["epoch"] for e in evals) > 1 and len(evals) >= 3
+    assert lora["metrics"]["accuracy"] > 0.5  # four classes: chance is 0.25
 
 
 def write_folder(folder, train, test=None, suffix=".csv"):
@@ -301,3 +333,20 @@ def test_bad_data_exits_2_with_one_line_before_any_model_loads(make, message, tm
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], errors
     assert sorted(p.name for p in model_cache.iterdir()) == cached_before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("retired_test_subset=(1000, 42)", "retired_test_subset=(1000, 42) retires 1,000 test examples, and the test split holds 4"),
+        ("text_column='sentiment'", "text_column and label_column are both 'sentiment'"),
+    ],
+)  # fmt: skip
+def test_settings_that_leave_no_data_exit_2_with_one_line(setting, message, tmp_path, capsys):
+    """A setting of IMDB's set on another dataset, or one column as both text and label: one line, exit 2."""
+    folder = write_folder(tmp_path / "data", GOOD)
+    settings = [f"dataset='{folder}'", "text_column='review'", "label_column='sentiment'", "train_size=None", "val_size=1",
+                "test_size=None", f"records_dir='{tmp_path / 'out'}'", f"work_dir='{tmp_path / 'out'}'", setting]  # fmt: skip
+    assert main(["train", "--profile", "quick", *sets(settings)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], errors

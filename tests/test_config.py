@@ -12,7 +12,7 @@ def test_profiles_resolve_and_full_keeps_the_reference_lora_setup():
     full = make_config("full")
     assert (full.model_name, full.max_length, full.train_size, full.test_size) == ("gpt2", 512, None, None)
     assert (full.lora_r, full.lora_alpha, full.lora_dropout) == (4, 16, 0.1)
-    assert full.nf4_compute_dtype == "bfloat16"
+    assert full.nf4_compute_dtype == "auto"  # the reference's bf16 where the GPU computes it natively (test_hardware)
     assert (full.dataset, full.text_column, full.label_column, full.prompt_suffix) == ("stanfordnlp/imdb", "text", "label", "")
     # the committed adapters sit beside the notebook; each variant names its folder under save_dir
     assert [str(save_dir(full, v)) for v in VARIANTS.values()] == [
@@ -88,8 +88,8 @@ def test_variants_are_chosen_by_name_and_checked():
     assert config_to_dict(make_config("smoke", variants="nf4_lora"))["variants"] == ["nf4_lora"]
     cfg = make_config("smoke", variants=("nf4_lora", "head_only"))
     assert list(variants_to_run(cfg)) == ["head_only", "nf4_lora"]  # declaration order: the order of tables and runs
-    with pytest.raises(ValueError, match=r"unknown \['qlora'\]\. Valid variants: head_only, lora, nf4_lora, full_finetune"):
-        make_config("smoke", variants="lora,qlora")
+    with pytest.raises(ValueError, match=r"Unknown variant 'qlora'\. Valid variants: head_only, lora, nf4_lora, full_finetune"):
+        variants_to_run(make_config("smoke", variants="lora,qlora"))  # before any work: run_training asks first
     with pytest.raises(ValueError, match="none named"):
         make_config("smoke", variants=())
 
@@ -153,3 +153,16 @@ def test_overrides_leave_the_profile_untouched_and_serialise():
     assert {name: getattr(cfg, v.learning_rate) for name, v in VARIANTS.items()} == {
         "head_only": cfg.lr_head, "lora": 1e-3, "nf4_lora": 1e-3, "full_finetune": cfg.lr_full
     }  # fmt: skip
+
+
+def test_another_dataset_leaves_imdbs_settings_with_imdb(tmp_path):
+    """IMDB's retired test reviews, prompt suffix and one-epoch budget are IMDB's: another dataset gets config.OWN_DATA
+    (early stopping within a cap), unless it sets them itself."""
+    imdb, own = make_config("quick"), make_config("quick", dataset=str(tmp_path))
+    assert imdb.retired_test_subset == (1000, 42) and imdb.early_stopping_patience is None and imdb.epochs == 1
+    assert {name: getattr(own, name) for name in config.OWN_DATA} == config.OWN_DATA
+    assert own.retired_test_subset is None and own.early_stopping_patience == 3 and own.save_dir.startswith("runs/quick/")
+    chosen = make_config("quick", dataset=str(tmp_path), epochs=2, early_stopping_patience=None)
+    assert (chosen.epochs, chosen.early_stopping_patience) == (2, None)
+    with pytest.raises(ValueError, match="early_stopping_patience=0: must be positive, or None"):
+        make_config("quick", early_stopping_patience=0)

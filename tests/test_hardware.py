@@ -1,5 +1,6 @@
 """Precision and kernel choices follow the CPU's features; each branch is forced, whatever this machine has."""
 
+import dataclasses
 import logging
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 
 from peft_sentiment import hardware
 from peft_sentiment.config import make_config
+from peft_sentiment.models import make_nf4_config
 from peft_sentiment.train import make_training_args
 from peft_sentiment.variants import VARIANTS
 
@@ -34,12 +36,48 @@ def test_auto_precision_is_bf16_only_on_cpus_that_compute_it_natively(cpu_with, 
     assert (args.bf16, args.fp16) == (expected == "bf16", False)
 
 
-def test_auto_precision_on_gpus(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "a GPU")
-    for supported, expected in ((True, "bf16"), (False, "fp16")):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
-        assert hardware.resolve_precision("auto") == expected
+# torch.cuda.is_bf16_supported() answers True on both (a T4 emulates bf16): only the capability tells them apart
+GPUS = {"Tesla T4": ((7, 5), "fp16", torch.float16), "NVIDIA A100-SXM4-40GB": ((8, 0), "bf16", torch.bfloat16)}
+
+
+@pytest.fixture
+def gpu_like(monkeypatch):
+    """Pretend a CUDA GPU of this name and compute capability is visible (no test needs a real one)."""
+
+    def pretend(name, capability):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: name)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_: capability)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *_, **__: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda *_: None)  # TrainingArguments selects cuda:0
+
+    return pretend
+
+
+@pytest.mark.parametrize("gpu", GPUS)
+def test_auto_precision_on_gpus_is_what_they_compute_natively(gpu_like, gpu, monkeypatch):
+    capability, precision, dtype = GPUS[gpu]
+    gpu_like(gpu, capability)
+    assert hardware.resolve_precision("auto") == precision
+    assert gpu in hardware.describe_precision("auto") and precision in hardware.describe_precision("auto")
+    cfg = make_config("full", work_dir="runs/test-precision")
+    assert make_nf4_config(cfg).bnb_4bit_compute_dtype == dtype  # NF4's matmuls follow the precision
+    assert make_nf4_config(dataclasses.replace(cfg, nf4_compute_dtype="float32")).bnb_4bit_compute_dtype == torch.float32
+    # TrainingArguments checks bf16 against the CUDA build it runs on (a CPU build here): told the pretend GPU has it
+    monkeypatch.setattr("transformers.training_args.is_torch_bf16_gpu_available", lambda *_: True)
+    args = make_training_args(cfg, VARIANTS["nf4_lora"])
+    assert (args.bf16, args.fp16) == (precision == "bf16", precision == "fp16")
+
+
+def test_a_onednn_cap_below_bf16_makes_auto_fp32(cpu_with, monkeypatch):
+    """$ONEDNN_MAX_CPU_ISA=AVX2 (how the tests take the AVX2-only path on any CPU) emulates bf16: auto is fp32."""
+    cpu_with("avx2", "avx512f", "avx512_bf16")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert hardware.resolve_precision("auto") == "fp32"
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in hardware.describe_precision("auto")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert hardware.resolve_precision("auto") == "bf16"
 
 
 @pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])

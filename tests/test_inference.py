@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from peft_sentiment import catalog, inference, models
+from peft_sentiment.hardware import resolve_precision
 from peft_sentiment.variants import VARIANTS
 
 LABELS = ["neg", "pos"]
@@ -220,12 +221,13 @@ def test_an_adapter_of_three_classes_reloads_with_their_names(toy_cfg, tiny_mode
 
 @pytest.mark.parametrize("variant", ["lora", "nf4_lora"])
 def test_merged_model_predicts_like_the_adapter_and_serves_through_a_pipeline(saved, variant, tmp_path):
+    from transformers import pipeline
+
     model, folder = saved[variant]
     merged = inference.merge_adapter(folder, tmp_path / "merged")
     assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
     texts = ["the movie was great", "a dull and awful plot the end", "fine"]
-    classify, encode = inference.make_pipeline(merged)
-    served = classify(encode(texts))
+    served = pipeline("text-classification", model=str(merged), device=-1)(texts)  # no prompt suffix on the toy data
     reference = model if variant == "lora" else inference.load_adapter(folder, quantized=False)[0]
     expected = inference.predict_reviews(reference, inference.load_tokenizer(folder), texts, 32)
     assert [s["label"] for s in served] == [e["label"] for e in expected]
@@ -241,15 +243,20 @@ def test_an_adapter_encodes_reviews_the_way_it_was_trained(saved, toy_cfg, token
     inference.save_trained(model, tokenizer, tail, inference.trained_meta(cfg, VARIANTS["lora"], tiny_model_path, LABELS, None))
     meta = inference.check_adapter_dir(tail)
     expected = {"max_length": cfg.max_length, "suffix": "", "truncation": "tail", "head_share": 0.5, "precision": "fp32"}
-    assert inference.encoding(meta) == expected
+    assert inference.encoding(meta, "recorded") == expected
     long_review = " ".join(["good"] * 30 + ["awful"] * 30)
     reloaded, reloaded_tokenizer = inference.load_adapter(tail)
-    as_trained = inference.predict_reviews(reloaded, reloaded_tokenizer, [long_review], **inference.encoding(meta))
+    as_trained = inference.predict_reviews(reloaded, reloaded_tokenizer, [long_review], **inference.encoding(meta, "recorded"))
     assert as_trained == inference.predict_reviews(model, tokenizer, [long_review], cfg.max_length, truncation="tail")
     assert as_trained != inference.predict_reviews(model, tokenizer, [long_review], cfg.max_length, truncation="head")
     legacy = {k: v for k, v in meta.items() if not k.startswith("truncation")}  # saved before the setting existed
     assert inference.encoding(legacy)["truncation"] == "head"
-    assert inference.encoding({k: v for k, v in meta.items() if k != "precision"})["precision"] == "fp32"
+    assert inference.encoding({k: v for k, v in meta.items() if k != "precision"}, "recorded")["precision"] == "fp32"
+    # by default, what this machine computes natively; the output says how that relates to the record
+    assert inference.encoding(meta)["precision"] == resolve_precision("auto")
+    assert "trained and recorded in" in inference.describe_prediction_precision(meta, "recorded")
+    with pytest.raises(ValueError, match="choose one of auto, recorded, fp32, bf16, fp16"):
+        inference.encoding(meta, "half")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -278,7 +285,7 @@ def test_a_reloaded_adapter_predicts_what_the_trainer_recorded_in_its_precision(
 
     reloaded, reloaded_tokenizer = inference.load_adapter(folder)
     texts = toy_splits["test"]["text"][:16]
-    as_trained = positive(inference.predict_reviews(reloaded, reloaded_tokenizer, texts, **inference.encoding(meta)))
+    as_trained = positive(inference.predict_reviews(reloaded, reloaded_tokenizer, texts, **inference.encoding(meta, "recorded")))
     in_fp32 = positive(inference.predict_reviews(reloaded, reloaded_tokenizer, texts, cfg.max_length))
     assert as_trained == pytest.approx(recorded, abs=1e-5)
     if precision == "bf16":  # bf16 rounding is visible: predicting in fp32 would not reproduce the record
@@ -312,7 +319,7 @@ def test_full_finetune_saves_a_whole_model_that_reproduces_its_record(precision,
     meta = inference.check_adapter_dir(folder)
     assert meta["kind"] == "model" and meta["variant"] == "full_finetune" and meta["precision"] == precision
     model, tokenizer = inference.load_adapter(folder)
-    out = inference.predict_reviews(model, tokenizer, toy_splits["test"]["text"], **inference.encoding(meta))
+    out = inference.predict_reviews(model, tokenizer, toy_splits["test"]["text"], **inference.encoding(meta, "recorded"))
     assert positive(out) == pytest.approx(record["predictions"], abs=1e-5)
     with pytest.raises(ValueError, match="whole model already"):
         inference.merge_adapter(folder, tmp_path / "merged")

@@ -200,22 +200,16 @@ def test_a_quantized_model_keeps_no_view_into_its_checkpoint_file(tiny_model_pat
     assert not views_into_checkpoint([*nf4.parameters(), *nf4.buffers()])
 
 
-def test_loftq_starts_lora_at_the_best_fit_of_the_rounding_error(toy_cfg, tiny_model_path, tokenizer):
-    """lora_init="loftq": base (4-bit) + LoRA starts nearer the fp32 weights than the rounded base alone, in every layer."""
-    nf4, labels = VARIANTS["nf4_lora"], ["neg", "pos"]
-    plain = models.build_model(toy_cfg, nf4, tiny_model_path, tokenizer, labels)
-    loftq = models.build_model(dataclasses.replace(toy_cfg, lora_init="loftq"), nf4, tiny_model_path, tokenizer, labels)
-    fp32 = models.load_classifier(tiny_model_path, tokenizer.pad_token_id, labels)
-    layers = models.layers_4bit(loftq)
-    assert layers and len(layers) == len(models.layers_4bit(plain))
-    for name, module in loftq.named_modules():
-        if not hasattr(module, "lora_A") or not isinstance(module.base_layer, bnb.nn.Linear4bit):
-            continue
-        base = module.base_layer.weight
-        rounded = bnb.functional.dequantize_4bit(base.data, base.quant_state).float()
-        fitted = rounded + module.scaling["default"] * module.lora_B["default"].weight @ module.lora_A["default"].weight
-        original = fp32.get_submodule(name.removeprefix("base_model.model.")).weight.T  # GPT-2's Conv1D stores (in, out)
-        assert (fitted - original).norm() < 0.95 * (rounded - original).norm(), name
-    # peft's own start (B = 0) leaves the rounded base as it is: the comparison above is against that
-    plain_b = [m.lora_B["default"].weight for m in plain.modules() if hasattr(m, "lora_B") and "default" in m.lora_B]
-    assert plain_b and all((b == 0).all() for b in plain_b)
+def test_a_onednn_cap_keeps_bitsandbytes_packed_kernel_off(monkeypatch, tiny_model_path, tokenizer, bnb_config):
+    """$ONEDNN_MAX_CPU_ISA=AVX2 takes the AVX2-only path for bitsandbytes too: no packed bf16 kernel, even when asked."""
+    import bitsandbytes.functional
+
+    from peft_sentiment import hardware
+
+    monkeypatch.setattr(bitsandbytes.functional, "has_avx512bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    load = lambda: models.load_classifier(tiny_model_path, tokenizer.pad_token_id, ["neg", "pos"], bnb_config,  # noqa: E731
+                                          cpu_inference_kernel=True)  # fmt: skip
+    assert all(layer.support_avx512bf16_for_cpu for layer in models.layers_4bit(load()))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not any(layer.support_avx512bf16_for_cpu for layer in models.layers_4bit(load()))

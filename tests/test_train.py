@@ -271,3 +271,25 @@ def test_head_only_on_cached_features_shows_the_arguments_it_trains_with(toy_cfg
     assert train.training_args_of(toy_cfg, LORA).num_train_epochs == toy_cfg.epochs
     through_model = dataclasses.replace(toy_cfg, head_on_cached_features=False)
     assert train.training_args_of(through_model, HEAD).num_train_epochs == toy_cfg.epochs
+
+
+def test_early_stopping_keeps_the_best_validation_pass_within_the_cap(
+    toy_cfg, tiny_model_path, tokenizer, toy_tokenized, tmp_path
+):
+    """With early_stopping_patience, `epochs` is a cap: the run stops once validation loss stops improving (here at once:
+    a learning rate of 0 never improves it) and says its budget up front."""
+    cfg = dataclasses.replace(toy_cfg, epochs=10, evals_per_run=20, early_stopping_patience=2, lr_lora=1e-12,
+                              work_dir=str(tmp_path))  # fmt: skip
+    variant = VARIANTS["lora"]
+    args = make_training_args(cfg, variant)
+    assert args.load_best_model_at_end and args.metric_for_best_model == "loss" and args.save_steps == args.eval_steps
+    assert not train.head_training_args(cfg, VARIANTS["head_only"]).load_best_model_at_end  # a cached head: its epochs
+    model = models.build_model(cfg, variant, tiny_model_path, tokenizer, ["neg", "pos"])
+    trainer, record = train_variant(cfg, variant, model, tokenizer, toy_tokenized)
+    evals = [e for e in record["log_history"] if "eval_loss" in e]
+    steps_per_epoch = -(-len(toy_tokenized["train"]) // cfg.train_batch_size)
+    assert 3 <= len(evals) < 20 and trainer.state.global_step < 10 * steps_per_epoch  # stopped well before the cap
+    assert trainer.state.best_global_step == evals[0]["step"]
+    budget = train.describe_budget(cfg, len(toy_tokenized["train"]))
+    assert f"at most 10 epochs = {10 * steps_per_epoch} steps" in budget and "2 passes without a better one" in budget
+    assert train.describe_budget(toy_cfg, 96) == f"1 epoch(s), {-(-96 // toy_cfg.train_batch_size)} steps of 16"
