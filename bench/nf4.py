@@ -1,9 +1,9 @@
 """Why NF4 LoRA trails LoRA: what 4-bit rounding costs this model, where it sits, and which QLoRA knobs close it.
 
-    python bench/nf4.py frozen                  # head-only on frozen features: fp32 base vs NF4 base (~15 min)
-    python bench/nf4.py rounding                # per-layer rounding error, and the features' drift per layer group (~15 min)
-    python bench/nf4.py footprint               # weight bytes of the fp32 base, the NF4 base and each knob's (~1 min)
-    python bench/nf4.py knob r16                # one NF4 LoRA setting on validation (~30-40 min with bf16); --resume after a cut
+    python bench/nf4.py frozen                  # head-only on frozen features: fp32 base vs NF4 base
+    python bench/nf4.py rounding                # per-layer rounding error, and the features' drift per layer group (9 min)
+    python bench/nf4.py footprint               # weight bytes of the fp32 base, the NF4 base and each knob's (1 min)
+    python bench/nf4.py knob r16                # one NF4 LoRA setting on validation (26 min alone, bf16); --resume after a cut
     python bench/nf4.py report --readme docs/benchmarks.md   # the table from results/nf4/
 
 Validation only, in the setup of the earlier `cpu` validation records (bench/truncation.py: 1,000 training reviews,
@@ -218,13 +218,43 @@ def rounding_lines() -> list[str]:
     return lines
 
 
+def plot_rounding(path: Path = FOLDER / "rounding.png") -> Path | None:
+    """A figure of where rounding costs: each group of layers rounded alone, its feature drift against its share of the
+    quantized weights (a group above the diagonal costs more than its size)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not (FOLDER / "rounding.json").is_file():
+        return None
+    r = recording.read_json(FOLDER / "rounding.json")
+    groups = {name: g for name, g in r["sensitivity"].items() if name != "all"}
+    total = r["sensitivity"]["all"]["feature_drift"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, g in groups.items():
+        ax.scatter(g["share_of_quantized_parameters"], g["feature_drift"] / total, color="C1" if "third" in name else "C0")
+        ax.annotate(name, (g["share_of_quantized_parameters"], g["feature_drift"] / total), fontsize=8,
+                    xytext=(4, 2), textcoords="offset points")  # fmt: skip
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("share of the 4-bit weights rounded")
+    ax.set_ylabel("feature drift, as a share of rounding every layer")
+    ax.set_title(f"NF4 on {r['model']}: where the rounding costs (all layers: drift {total:.2f})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def nf4_section() -> str:
     """Markdown: where rounding sits, then each NF4 setting's validation accuracy, paired with NF4 LoRA and with LoRA on
     the same reviews, and its weight bytes against fp32's."""
     baselines = {label: recording.read_json(path) for label, path in BASELINES.items()}
     footprint = recording.read_json(FOLDER / "footprint.json")["share_of_fp32"] if (FOLDER / "footprint.json").is_file() else {}
+    figure = plot_rounding()
     lines = [
         *rounding_lines(),
+        *(["", f"![Where NF4's rounding costs]({figure})"] if figure else []),
         "",
         "| setting | accuracy (95% CI) | vs NF4 LoRA: only this / only NF4 right (p) | vs LoRA: only this / only LoRA right (p) "
         "| weight bytes vs fp32 |",

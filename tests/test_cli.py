@@ -43,8 +43,11 @@ def test_train_predict_report(toy_imdb_dir, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
 
     assert main(["predict", str(tmp_path / "saved_f32_lora"), "a good and lovely film", "awful"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
     assert len(lines) == 2 and all(line.split("\t")[0] in ("neg", "pos") for line in lines)
+    # which precision it computed in, and how that relates to the record (trained here: the same)
+    assert "predicting in " in printed.err and "trained and recorded in" in printed.err
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("superb\n\nboring\n"))
     assert main(["predict", str(tmp_path / "saved_nf4_lora")]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
@@ -58,7 +61,8 @@ def test_train_predict_report(toy_imdb_dir, tmp_path, capsys, monkeypatch):
 
     # evaluate: the saved adapter on the same test subset gives the recorded accuracy
     data_sets = sets([f"data_dir='{toy_imdb_dir}'", "train_size=96", "val_size=32", "test_size=64"])
-    assert main(["evaluate", str(tmp_path / "saved_f32_lora"), *data_sets, "--out", str(tmp_path / "eval.json")]) == 0
+    argv = ["evaluate", str(tmp_path / "saved_f32_lora"), *data_sets, "--out", str(tmp_path / "eval.json")]
+    assert main([*argv, "--precision", "recorded"]) == 0
     assert capsys.readouterr().out.startswith("accuracy ")
     evaluated = json.loads((tmp_path / "eval.json").read_text())
     recorded = json.loads((tmp_path / "records" / "lora.json").read_text())

@@ -20,6 +20,7 @@ def cpu_with(monkeypatch):
     def pretend(*flags):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
         monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.delenv(hardware.ONEDNN_ISA_ENV, raising=False)  # a run on the forced AVX2 path pretends too
 
     return pretend
 

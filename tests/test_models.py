@@ -208,6 +208,7 @@ def test_a_onednn_cap_keeps_bitsandbytes_packed_kernel_off(monkeypatch, tiny_mod
 
     monkeypatch.setattr(bitsandbytes.functional, "has_avx512bf16", lambda: True)
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    monkeypatch.delenv(hardware.ONEDNN_ISA_ENV, raising=False)  # also when the whole run is on the forced AVX2 path
     load = lambda: models.load_classifier(tiny_model_path, tokenizer.pad_token_id, ["neg", "pos"], bnb_config,  # noqa: E731
                                           cpu_inference_kernel=True)  # fmt: skip
     assert all(layer.support_avx512bf16_for_cpu for layer in models.layers_4bit(load()))
