@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from harness import git_commit, what_else_ran
-from transformers import DataCollatorWithPadding
 from truncation import carve_validation, run, same_reviews
 
-from peft_sentiment import catalog, hardware, metrics, models, recording, report
+from peft_sentiment import catalog, features, hardware, metrics, models, recording, report
 from peft_sentiment.config import make_config
 from peft_sentiment.pipeline import prepare_data
 from peft_sentiment.variants import Variant, declare, label_of
@@ -83,15 +82,6 @@ def relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
     return float((approx - exact).norm() / exact.norm())
 
 
-@torch.inference_mode()
-def last_token_features(model, batch: dict) -> torch.Tensor:
-    """The hidden state the head reads (the last real token of each review), in fp32."""
-    hidden = model.base_model(**batch).last_hidden_state
-    mask = batch["attention_mask"]
-    last = (mask * torch.arange(mask.shape[1])).argmax(-1)  # the last real token, either padding side
-    return hidden[torch.arange(len(last)), last].float()
-
-
 def study_rounding(argv: list[str], reviews: int = 24) -> None:
     """Per layer, NF4's relative rounding error; per layer group, how far rounding that group alone moves the features."""
     started = time.perf_counter()
@@ -108,13 +98,15 @@ def study_rounding(argv: list[str], reviews: int = 24) -> None:
     # Q4_1's grid: the stand-in's weights took 16 evenly spaced values per block of 32 before NF4 rounds them again
     levels = [len(torch.unique(exact[n].flatten()[:32])) for n in list(exact)[:20]]
 
-    collator = DataCollatorWithPadding(prepared.tokenizer)
-    validation = prepared.tokenized["validation"].select(range(reviews)).select_columns(["input_ids", "attention_mask"])
-    batch = collator(list(validation))
-    reference = last_token_features(model, batch)
+    validation = prepared.tokenized["validation"].select(range(reviews))
+
+    def head_features():  # what the head reads: the package's frozen pass, one batch, in fp32
+        return features.extract_features(model, validation, prepared.tokenizer, batch_size=reviews)[0]
+
+    reference = head_features()
 
     def drift() -> float:
-        return relative_error(last_token_features(model, batch), reference)
+        return relative_error(head_features(), reference)
 
     groups = layer_groups(list(linears))
     sensitivity = {}
