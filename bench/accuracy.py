@@ -1,6 +1,6 @@
 """Accuracy benchmark: every declared variant through the package's own code, plus a TF-IDF baseline.
 
-    python bench/accuracy.py --profile cpu            # 80 min on 2 CPU cores for head-only, LoRA and NF4 LoRA (fp32, 1,000 test)
+    python bench/accuracy.py --profile cpu            # the notebook's pipeline without the notebook (under 2 hours, 2 cores)
     python bench/accuracy.py --profile cpu --variants full_finetune   # one variant (full fine-tuning: not yet timed here)
     python bench/accuracy.py --profile cpu --resume   # after a crash: keeps the variants already recorded
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -129,7 +130,7 @@ def estimate_training_memory(
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForSequenceClassification
 
-    from peft_sentiment.models import lora_config
+    from peft_sentiment.models import make_lora_config
 
     config = copy.deepcopy(config)
     config.num_labels = 2
@@ -147,7 +148,8 @@ def estimate_training_memory(
         trainable = total
     else:
         # alpha does not change a count; the dropout's memory is added below
-        peft_model = get_peft_model(model, lora_config(lora_r, 16, lora_dropout, lora_targets, config.model_type))
+        lora = SimpleNamespace(lora_r=lora_r, lora_alpha=16, lora_dropout=lora_dropout, lora_targets=lora_targets)
+        peft_model = get_peft_model(model, make_lora_config(lora, config.model_type))
         trainable = peft_model.get_nb_trainable_parameters()[0]
         lora_inputs = sum(m.in_features for m in peft_model.modules() if isinstance(m, LoraLayer))
     # NF4: 4-bit linear layers, bf16 embeddings (store_embeddings_16bit), fp32 norms, biases and head

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,11 @@ def page_in_weights(model) -> None:
             tensor.float().sum() if tensor.is_floating_point() else tensor.sum()
 
 
+def without_folders(command: str) -> str:
+    """`command` with each absolute path cut to its last part: records name no machine's folders."""
+    return re.sub(r"(?<![\w.~-])/(?:[^\s/]+/)+", "", command)
+
+
 def what_else_ran(seconds: float = 1.0) -> dict:
     """Other processes busy on this machine (CPU % over `seconds`) and the load average: a benchmark's record says
     whether it had the cores to itself, instead of assuming it."""
@@ -56,7 +62,7 @@ def what_else_ran(seconds: float = 1.0) -> dict:
         except psutil.Error:
             continue
         if percent >= 5:
-            command = " ".join(p.info["cmdline"] or [p.info["name"]]).replace(f"{ROOT}/", "")  # records name no machine's folders
+            command = without_folders(" ".join(p.info["cmdline"] or [p.info["name"]]))
             busy.append({"pid": p.pid, "cpu_percent": percent, "command": command[:120]})
     return {"load_average_1_5_15": list(os.getloadavg()), "busy_processes": busy}
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from harness import git_commit, what_else_ran
+from transformers import AutoModelForSequenceClassification
 from truncation import carve_validation, run, same_reviews
 
 from peft_sentiment import catalog, features, hardware, metrics, models, recording, report
@@ -31,8 +32,9 @@ from peft_sentiment.variants import Variant, declare, label_of
 
 FOLDER = Path("results/nf4")
 BASELINES = {"LoRA": "results/cpu/bf16/truncation/lora.json", "NF4 LoRA": "results/cpu/bf16/truncation/nf4_lora.json"}
-# the earlier validation records' setup: the cpu profile then trained on 1,000 reviews, in bf16
-SETUP = {"train_size": 1000, "precision": "bf16"}
+# the earlier validation records' setup: the cpu profile then trained on 1,000 reviews, in bf16, every layer but the
+# head in 4 bits (the profile has since adopted skip_v_proj)
+SETUP = {"train_size": 1000, "precision": "bf16", "nf4_skip_modules": None}
 # Each knob is what it changes in the cpu profile's NF4 LoRA (QLoRA's recipe: r 64, alpha 16, double quantization on).
 KNOBS = {
     "r16": {"lora_r": 16, "lora_alpha": 32},  # twice the rank at the profile's alpha / r = 2
@@ -41,10 +43,23 @@ KNOBS = {
     # moves the features 0.175 rounded alone (all layers: 0.289). bitsandbytes' skip list replaces the default: the head too
     "skip_v_proj": {"nf4_skip_modules": ("v_proj", "score")},
 }
-# The head on the NF4 base's frozen features: head-only, the base loaded as NF4 LoRA loads it. Declared by `frozen`
-# alone (declaring it at import would add it to every run of the importing process).
+
+
+def build_nf4_head_only(cfg, model_path: str, labels, pad_token_id: int):
+    """Head-only on the NF4 base, loaded as NF4 LoRA loads it (embedding tables in bf16): the frozen features' cost."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, **models.label_names(labels), pad_token_id=pad_token_id, dtype=torch.float32,
+        quantization_config=models.make_nf4_config(cfg),
+    )  # fmt: skip
+    models.store_embeddings_16bit(model)
+    model.requires_grad_(False)
+    model.score.requires_grad_(True)
+    return model
+
+
+# Declared by `frozen` alone (declaring it at import would add it to every run of the importing process).
 NF4_HEAD_ONLY = Variant("nf4_head_only", "head-only on the NF4 base", trains="head", learning_rate="lr_head",
-                        quantization=models.make_nf4_config)  # fmt: skip
+                        build=build_nf4_head_only, quantization=models.make_nf4_config)  # fmt: skip
 
 
 def study_frozen(argv: list[str]) -> None:
@@ -238,6 +253,20 @@ def plot_rounding(path: Path = FOLDER / "rounding.png") -> Path | None:
     return path
 
 
+def frozen_lines() -> list[str]:
+    """Markdown: head-only on the frozen features of the fp32 base and of the NF4 base, paired (`frozen`)."""
+    paths = [FOLDER / f"frozen_{name}.json" for name in ("head_only", "nf4_head_only")]
+    if not all(p.is_file() for p in paths):
+        return ["No frozen-features pair yet: `python bench/nf4.py frozen`."]
+    fp32, nf4 = (recording.read_json(p) for p in paths)
+    a, b = (r["settings"]["head+tail"]["all"]["accuracy"] for r in (fp32, nf4))
+    d = metrics.paired_difference(fp32["validation_labels"], fp32["predictions"]["head+tail"], nf4["predictions"]["head+tail"])
+    return [f"Before any training, a head on the frozen features of the fp32 base scores {a:.1%}, on the NF4 base's "
+            f"{b:.1%}: {d['only_a']} reviews only the fp32 features get right, {d['only_b']} only the NF4 features "
+            f"(exact McNemar p = {d['p_value']:.2g}; `{fp32['command']}`, {(fp32['total_seconds'] + nf4['total_seconds']) / 60:.0f} "
+            f"min, {fp32['created'][:10]})."]  # fmt: skip
+
+
 def nf4_section() -> str:
     """Markdown: where rounding sits, then each NF4 setting's validation accuracy, paired with NF4 LoRA and with LoRA on
     the same reviews, and its weight bytes against fp32's."""
@@ -245,6 +274,8 @@ def nf4_section() -> str:
     footprint = recording.read_json(FOLDER / "footprint.json")["share_of_fp32"] if (FOLDER / "footprint.json").is_file() else {}
     figure = plot_rounding()
     lines = [
+        *frozen_lines(),
+        "",
         *rounding_lines(),
         *(["", f"![Where NF4's rounding costs]({figure})"] if figure else []),
         "",
@@ -253,8 +284,9 @@ def nf4_section() -> str:
         "|---|---|---|---|---|",
     ]
     records = [(label_of(r["variant"]), r) for r in baselines.values()]
-    skip = ("rounding", "footprint")
-    records += [(p.stem, recording.read_json(p)) for p in sorted(FOLDER.glob("*.json")) if p.stem not in skip]
+    skip = ("rounding", "footprint")  # and the frozen pair, above
+    records += [(p.stem, recording.read_json(p)) for p in sorted(FOLDER.glob("*.json"))
+                if p.stem not in skip and not p.stem.startswith("frozen_")]  # fmt: skip
     for label, r in [(label, r) for label, r in records if "head+tail" in r["settings"]]:  # runs in progress left out
         s = r["settings"]["head+tail"]["all"]
         cells = []

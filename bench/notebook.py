@@ -74,6 +74,33 @@ def tidy_streams(nb: nbformat.NotebookNode) -> None:
         cell.outputs = merged
 
 
+PROGRESS_LINE = re.compile(r"^.*\d+%\|.*\|.*$")  # tqdm's text bar: "desc:  40%|####      | 2/5 [00:01<00:02, ...]"
+
+
+def strip_progress(nb: nbformat.NotebookNode) -> None:
+    """Progress bars out of the saved outputs: tqdm's text lines and the Trainer's HTML bars (its notebook callback),
+    and the empty placeholders they leave.
+
+    They help whoever watches a run; in the saved file they are noise, and the Trainer's carries a table of
+    every logged value at six decimals. The run's numbers are in its records and in the cells' own lines.
+    """
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for out in cell.outputs:
+            if out.output_type == "stream":
+                out.text = "\n".join(line for line in out.text.split("\n") if not PROGRESS_LINE.match(line))
+                if not out.text.strip():
+                    continue
+            elif "text/html" in out.get("data", {}) and (
+                "<progress" in out.data["text/html"] or not out.data["text/html"].strip()
+            ):
+                continue  # a bar, or the empty placeholder a finished one leaves
+            kept.append(out)
+        cell.outputs = kept
+
+
 def scrub_paths(nb: nbformat.NotebookNode, root: Path = ROOT) -> None:
     """Output text without this machine's paths: the repository as `.`, installed packages as `<site-packages>/`,
     the kernel's cell files as `<cell>`, the home folder as `~`.
@@ -142,6 +169,7 @@ def main(argv=None) -> int:
         raise
     seconds = time.time() - started
     tidy_streams(nb)
+    strip_progress(nb)
     scrub_paths(nb)
     nb.cells.insert(0, stamp_cell(args.profile, started, seconds, command, commit, changed=bool(changes)))
     tmp = NOTEBOOK.with_name(f".{NOTEBOOK.name}.tmp")

@@ -178,7 +178,8 @@ def paired_runs_section(fp32_path: str, bf16_path: str) -> str:
     if fp32["validation_labels"] != bf16["validation_labels"] or fp32["variant"] != bf16["variant"]:
         raise ValueError(f"{fp32_path} and {bf16_path} are not the same variant on the same validation reviews.")
     lines = [
-        f"At the profile's full training size ({fp32['config']['train_size']:,} reviews), {label_of(fp32['variant'])} on the same "
+        f"With {fp32['config']['train_size']:,} training reviews (the `cpu` profile's size then; 1,250 since), "
+        f"{label_of(fp32['variant'])} on the same "
         f"{len(fp32['validation_labels']):,} validation reviews (bench/truncation.py):",
         "",
     ]

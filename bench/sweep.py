@@ -196,7 +196,7 @@ def write(record: dict, cfg) -> dict:
 def recipe_differences(config: dict, reference: dict, variant: str) -> dict:
     """The settings in which `config` trains `variant` differently from `reference` (a profile's config)."""
     v = get_variant(variant)
-    reads = {"lora_": v.peft_config is not None, "nf4_": v.quantization is not None, "head_": v.trains == "head"}
+    reads = {"lora_": v.trains == "adapter", "nf4_": v.quantization is not None, "head_": v.trains == "head"}
     unused = tuple(prefix for prefix, read in reads.items() if not read)  # settings the variant never reads
     not_recipe = NOT_RECIPE | {d.learning_rate for d in VARIANTS.values()}
     config = SETTINGS_BEFORE_THEY_EXISTED | config

@@ -289,17 +289,9 @@ def measure_eval_paired(cfg, variant, model, tokenizer, project_batches, baselin
 
 def swap_activation(model, stock: bool) -> int:
     """Put in transformers' stock GPT-2 activation (`stock`) or the project's fused one; returns how many swapped."""
-    from transformers.activations import ACT2FN
-
-    names = {v: k for k, v in models.FUSED_ACTIVATIONS.items()} if stock else models.FUSED_ACTIVATIONS
-    wanted = {type(ACT2FN[old]): new for old, new in names.items()}  # the type to replace -> the name to load
-    swapped = 0
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if type(child) in wanted:
-                setattr(module, name, ACT2FN[wanted[type(child)]])
-                swapped += 1
-    return swapped
+    return models.fuse_activations(
+        model, {v: k for k, v in models.FUSED_ACTIVATIONS.items()} if stock else models.FUSED_ACTIVATIONS
+    )
 
 
 def disable_backbone_dropout(model) -> int:

@@ -38,6 +38,8 @@ def train_tfidf_baseline(splits, seed: int, cs=(0.3, 1.0, 3.0, 10.0, 30.0, 100.0
         "train_seconds": training.seconds,
         "eval_seconds": evaluation.seconds,
         "peak_memory_bytes": {"train": training.peak_bytes, "eval": evaluation.peak_bytes},
+        "train_memory_rise_bytes": training.rise_bytes,  # its features and models: the process's memory is not its own
+        "memory_measure": training.describe(),
         "versions": library_versions(),
         "device": device_info(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from peft_sentiment.recording import atomic_path
 
@@ -64,7 +64,7 @@ def resolve_model(name: str, texts: list[str] | None = None) -> str:
         if texts is None:
             raise ValueError("tiny-gpt2 trains its tokenizer on reviews: pass the training texts.")
         digest = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:12]
-        folder = cache_root() / f"tiny-gpt2-{digest}"
+        folder = cache_root() / f"tiny-gpt2-lm-{digest}"  # -lm: a language model's checkpoint, no classifier head
         if not (folder / "config.json").is_file():
             build_tiny_gpt2(folder, texts)
         return str(folder)
@@ -74,7 +74,7 @@ def resolve_model(name: str, texts: list[str] | None = None) -> str:
             convert_smollm2(folder)
         return str(folder)
     if name.endswith("-random") and name.removesuffix("-random") in GPT2_SIZES:
-        folder = cache_root() / name
+        folder = cache_root() / f"{name}-lm"
         if not (folder / "config.json").is_file():
             size = GPT2_SIZES[name.removesuffix("-random")]
             build_gpt2_random(folder, load_tokenizer(resolve_model("smollm2-135m")), **size)
@@ -111,7 +111,7 @@ def build_tiny_gpt2(folder: Path, texts: list[str], vocab_size: int = 2048, seed
     )
     torch.manual_seed(seed)
     with atomic_path(folder) as tmp:  # a half-built model is never mistaken for a finished one
-        GPT2ForSequenceClassification(config).save_pretrained(tmp)
+        GPT2LMHeadModel(config).save_pretrained(tmp)  # as gpt2's checkpoint: no classification head
         tokenizer.save_pretrained(tmp)
 
 
@@ -124,7 +124,7 @@ def build_gpt2_random(folder: Path, tokenizer, seed: int = 0, **size) -> None:
     """
     torch.manual_seed(seed)
     with atomic_path(folder) as tmp:
-        GPT2ForSequenceClassification(GPT2Config(**size)).save_pretrained(tmp)
+        GPT2LMHeadModel(GPT2Config(**size)).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
 

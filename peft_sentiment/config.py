@@ -146,7 +146,7 @@ CPU = dataclasses.replace(
     val_size=200,  # about +-4 points at 90%: enough to catch a diverging run, not to rank close settings
     # 2,000 fresh test reviews (about +-1.3 points at 90%, Wilson 95%), none of them in the 1,000 (seed 42) this
     # profile tested on before: three rounds of choices were made with those results in view, and they scored 3.6
-    # points above other test reviews (issue 24). Every setting is chosen on validation; test is read once per run.
+    # points above other test reviews (docs/benchmarks.md, "Fresh test reviews"). Every setting is chosen on validation; test is read once per run.
     test_size=2000,
     test_seed=2024,
     retired_test_subset=(1000, 42),
@@ -161,7 +161,9 @@ CPU = dataclasses.replace(
     head_epochs=20,  # cached: 20 epochs of a 576x2 head cost under a second
     lr_lora=5e-4,  # short run (~150 steps): the upper end of the usual range; bench/sweep: 2e-4 and 1e-3 no better
     lr_full=5e-5,  # short run: the upper end of the usual range, as for LoRA (not yet swept)
-    evals_per_run=1,  # one LoRA validation pass of 200 reviews took 121 s here
+    # validation at a third, two thirds and the end of each run: the learning curves' points, for about 6 more minutes
+    # (one LoRA validation pass of 200 reviews took 121 s in fp32 here, about half that in bf16)
+    evals_per_run=3,
     checkpoint_every=0.25,
     lora_r=8,  # rank 16 no better on validation: LoRA (bench/sweep), NF4 LoRA 86.9 vs 87.3% (results/nf4/r16.json)
     # Off: drawing LoRA's dropout masks (7 per layer) was 20% of a training step on this CPU
@@ -229,8 +231,8 @@ PROFILES: dict[str, Config] = {
 # peft_sentiment profile`), and the README's profile table quotes it (a test checks).
 PROFILE_COSTS = {
     "full": "Not yet measured (no GPU run so far; docs/gpu.md). The tutorial itself: GPT-2 on all of IMDB, four variants.",
-    "cpu": "Under 2 hours on 2 CPU cores with native bf16 (about 97 min estimated; the committed run's time is under the "
-    "results), about 1.5x that without. Real accuracy offline, four variants on 2,000 test reviews (+-1.3 points).",
+    "cpu": "Under 2 hours on 2 CPU cores with native bf16 (the committed run's time is under the results), about 1.5x "
+    "that without. Real accuracy offline, four variants on 2,000 test reviews (+-1.3 points).",
     "quick": "About 20 minutes in all, setup included, on 2 CPU cores with native bf16 (AVX512-BF16 or AMX), about 1.5x "
     "that without (24 min measured on an AVX2-only CPU). Real accuracy offline, head-only and LoRA on 500 test reviews "
     "(about +-3 points); NF4 LoRA and full fine-tuning are `cpu`'s.",

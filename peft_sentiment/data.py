@@ -177,6 +177,19 @@ def test_subset(cfg: Config, test: Dataset) -> Dataset:
     return take_stratified_subset(test, within(cfg.test_size, test, "test_size"), seed)
 
 
+def describe_draw(config) -> str:
+    """How the subsets were drawn, in words, from a Config or a record's config: the notebook, the README and the
+    records all say it with this."""
+    get = config.get if isinstance(config, dict) else lambda name: getattr(config, name)
+    seed, test_seed, retired = get("seed"), get("test_seed"), get("retired_test_subset")
+    words = f"stratified, seed {seed}"
+    if test_seed not in (None, seed):
+        words += f"; test reviews drawn with seed {test_seed}"
+    if retired:  # test reviews that earlier choices saw, left out (config.retired_test_subset)
+        words += f", leaving out the {retired[0]:,} of seed {retired[1]} that earlier runs tested on"
+    return words
+
+
 def within(size: int | None, split: Dataset, name: str) -> int | None:
     """`size`, or None (the whole split) when the split holds no more than that."""
     if size is not None and size >= len(split):

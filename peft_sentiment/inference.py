@@ -15,7 +15,7 @@ from peft_sentiment.catalog import WEIGHTS_SOURCE, architecture_of, hub_base_mod
 from peft_sentiment.config import IMDB
 from peft_sentiment.data import encode_reviews
 from peft_sentiment.hardware import autocast, resolve_precision
-from peft_sentiment.models import NF4_EMBEDDING_DTYPE, load_classifier
+from peft_sentiment.models import NF4_EMBEDDING_DTYPE, fit_to_machine, load_classifier
 from peft_sentiment.recording import atomic_path
 
 META_FILE = "peft_sentiment.json"  # what the model was trained on, so that it is loaded and fed as in training
@@ -146,7 +146,7 @@ def load_adapter(adapter_dir: str, model_path: str | None = None, quantized: boo
     meta = check_adapter_dir(adapter_dir)
     if meta["kind"] == "model":
         model = AutoModelForSequenceClassification.from_pretrained(adapter_dir, dtype=torch.float32, use_safetensors=True)
-        return model.eval(), load_tokenizer(adapter_dir)
+        return fit_to_machine(model).eval(), load_tokenizer(adapter_dir)  # computes as in training (GPT-2's fused GELU)
     if model_path is None:  # a model built here (tiny-gpt2: from its reviews) by its folder, else the name resolved here
         local = meta.get("hub_base_model")
         model_path = local if local and Path(local).is_dir() else resolve_model(meta["base_model"])

@@ -1,61 +1,44 @@
-"""Build a variant's model (`build_model`: the Hugging Face calls in peft's documented order), the LoRA and NF4
-settings it reads from the config, and the guards around bitsandbytes' 4-bit layers."""
+"""Build a variant's model: the recipes (each variant's Hugging Face calls as the transformers and peft docs write
+them), the one step that fits any loaded model to this machine and to the records, and the guards around
+bitsandbytes' 4-bit layers."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import warnings
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    BitsAndBytesConfig,
-    set_seed,
-)
+from transformers import AutoModelForSequenceClassification, BitsAndBytesConfig, set_seed
 
 from peft_sentiment.config import Config
-from peft_sentiment.hardware import cpu_has_native_bf16, on_gpu, resolve_compute_dtype
+from peft_sentiment.hardware import cpu_has_native_bf16, resolve_compute_dtype
 
-# GPT-2's "gelu_new" is the tanh GELU written as eight elementwise ops, each a pass over the MLP's
-# widest activations that autograd keeps for backward; torch's fused kernel computes the same function
-# (within 5e-7 in fp32; tests/test_models.py) in one pass and keeps only its input.
-FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 NF4_EMBEDDING_DTYPE = "bfloat16"  # what a quantized model stores its embedding tables in (store_embeddings_16bit)
+CLASSIFIER_HEADS = ("score.", "classifier.")  # what AutoModelForSequenceClassification adds to a language model
+# GPT-2's "gelu_new" is the tanh GELU written as eight elementwise ops, each a pass over the MLP's widest activations
+# that autograd keeps for backward; torch's fused kernel computes the same function (within 5e-7 in fp32;
+# tests/test_models.py) in one pass and keeps only its input. SmolLM2's SiLU needs nothing.
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 
 
-def make_lora_config(cfg: Config, model_path: str) -> LoraConfig:
-    """The LoRA settings of `cfg` for the architecture of `model_path`."""
-    model_type = AutoConfig.from_pretrained(model_path).model_type
-    return lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, model_type)
-
-
-def lora_config(r: int, alpha: int, dropout: float, targets, model_type: str) -> LoraConfig:
-    """LoRA of rank `r` on `targets`, or (None) on every linear layer below the head (attention and MLP projections)."""
+def make_lora_config(cfg: Config, model_type: str) -> LoraConfig:
+    """LoRA of rank r on every linear layer below the head (or on `cfg.lora_targets`) of a `model_type` model."""
     return LoraConfig(
-        task_type="SEQ_CLS",  # keeps the classification head (`score`) trainable and saves it with the adapter
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        # peft's "all-linear": every Linear (GPT-2: Conv1D) except the output layer; for GPT-2 and Llama exactly
-        # the projections a per-architecture list would name (tests/test_models.py)
-        target_modules=list(targets) if targets else "all-linear",
-        fan_in_fan_out=model_type == "gpt2",  # GPT-2's Conv1D stores weights as (in, out)
+        task_type="SEQ_CLS",  # the new head (`score`) trains in full and is saved with the adapter
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,  # the update is scaled by alpha / r
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets) if cfg.lora_targets else "all-linear",  # every attention and MLP projection
+        fan_in_fan_out=model_type == "gpt2",  # GPT-2's Conv1D layers store their weight as (in, out)
     )
-
-
-def adapted_module_names(model) -> list[str]:
-    """The short names of the layers LoRA adapted (peft's `targeted_module_names`), in model order, each once."""
-    return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name in model.targeted_module_names))
 
 
 def make_nf4_config(cfg: Config) -> BitsAndBytesConfig:
     """4-bit NF4 with the profile's double quantization, compute dtype and layers kept unquantized."""
     return BitsAndBytesConfig(
         load_in_4bit=True,  # every linear layer below the head quantized while loading
-        bnb_4bit_quant_type="nf4",  # 16 levels placed at normal quantiles: weights are roughly normal
+        bnb_4bit_quant_type="nf4",  # 16 levels placed at a normal distribution's quantiles: weights are roughly normal
         bnb_4bit_use_double_quant=cfg.nf4_double_quant,  # quantize the per-block scales too (~0.4 bit per weight saved)
         # matmuls de-quantize to this dtype: "auto" follows the run's precision (bf16, fp16 on a T4, fp32)
         bnb_4bit_compute_dtype=getattr(torch, resolve_compute_dtype(cfg.nf4_compute_dtype, cfg.precision)),
@@ -64,91 +47,135 @@ def make_nf4_config(cfg: Config) -> BitsAndBytesConfig:
     )
 
 
-def load_classifier(
-    model_path: str,
-    pad_token_id: int,
-    labels,
-    bnb_config: BitsAndBytesConfig | None = None,
-    embedding_dtype: str | None = None,
-    cpu_inference_kernel: bool = False,
-):
-    """A sequence classifier for the class names `labels` on `model_path`, in fp32 or quantized by `bnb_config`.
+def label_names(labels) -> dict:
+    """`from_pretrained`'s arguments for a classifier of the class names `labels`: their number, and both lookups."""
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
 
-    `embedding_dtype` ("bfloat16") stores the embedding tables in 16 bits (see `store_embeddings_16bit`).
-    `cpu_inference_kernel` lets bitsandbytes use its packed bf16 CPU kernel (see `allow_cpu_inference_kernel`):
-    for a model that only predicts, never for one that trains.
-    """
-    kwargs = {}
-    activation = getattr(AutoConfig.from_pretrained(model_path), "activation_function", None)
-    if activation in FUSED_ACTIVATIONS:
-        kwargs["activation_function"] = FUSED_ACTIVATIONS[activation]  # same function, fused (see FUSED_ACTIVATIONS)
-    if bnb_config is not None and on_gpu():  # each process quantizes onto its own GPU (DDP-safe, unlike "auto")
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
-    with quiet_load_report():
-        model, loading = AutoModelForSequenceClassification.from_pretrained(
-            model_path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            dtype=torch.float32,
-            quantization_config=bnb_config,
-            use_safetensors=True,  # never unpickle downloaded weights
-            output_loading_info=True,
-            # a checkpoint with a head for another number of classes (tiny-gpt2's has 2): that head starts afresh
-            ignore_mismatched_sizes=True,
-            **kwargs,
-        )
-    warn_unexpected_loading(loading, model_path)
-    if bnb_config is not None:
-        copy_checkpoint_views(model)
-        allow_cpu_inference_kernel(model, cpu_inference_kernel)
-    # GPT-2 has no pad token; the classifier pools the last non-pad token, so it must know the pad id.
-    model.config.pad_token_id = pad_token_id
-    if embedding_dtype is not None:
-        store_embeddings_16bit(model, getattr(torch, embedding_dtype))
+
+# The recipes: one per variant, the calls a learner would write (the notebook shows them). `build_model` runs one and
+# then `fit_to_machine`; variants.py declares which recipe each variant uses.
+
+
+def build_head_only(cfg: Config, model_path: str, labels, pad_token_id: int):
+    """Head-only: the pretrained model frozen; only the new classification head (`score`) trains."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, **label_names(labels), pad_token_id=pad_token_id, dtype=torch.float32
+    )
+    model.requires_grad_(False)
+    model.score.requires_grad_(True)
     return model
 
 
-CLASSIFIER_HEADS = ("score.", "classifier.")  # what AutoModelForSequenceClassification adds to a language model
+def build_lora(cfg: Config, model_path: str, labels, pad_token_id: int):
+    """LoRA: low-rank updates beside every linear layer of the fp32 model; they and the head train."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, **label_names(labels), pad_token_id=pad_token_id, dtype=torch.float32
+    )
+    return get_peft_model(model, make_lora_config(cfg, model.config.model_type))
+
+
+def build_nf4_lora(cfg: Config, model_path: str, labels, pad_token_id: int):
+    """QLoRA: the model loaded in 4-bit NF4, gradient checkpointing on, LoRA on top."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, **label_names(labels), pad_token_id=pad_token_id, dtype=torch.float32,
+        quantization_config=make_nf4_config(cfg),
+    )  # fmt: skip
+    model = prepare_model_for_kbit_training(  # freezes the base, casts its 16-bit rest to fp32, checkpoints
+        model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
+    store_embeddings_16bit(model)  # ours: in fp32 the frozen embedding tables would outweigh every 4-bit layer
+    return get_peft_model(model, make_lora_config(cfg, model.config.model_type))
+
+
+def build_full_finetune(cfg: Config, model_path: str, labels, pad_token_id: int):
+    """Full fine-tuning: every weight trains."""
+    return AutoModelForSequenceClassification.from_pretrained(
+        model_path, **label_names(labels), pad_token_id=pad_token_id, dtype=torch.float32
+    )
+
+
+def build_model(cfg: Config, variant, model_path: str, tokenizer, labels):
+    """The model `variant` (a `variants.Variant`) trains: its recipe, seeded (every variant's head, and LoRA's A, start
+    the same), then fitted to this machine."""
+    set_seed(cfg.seed)
+    with quiet_load_report():
+        model = variant.build(cfg, model_path, labels, tokenizer.pad_token_id)
+    return fit_to_machine(model)
+
+
+def load_classifier(model_path: str, pad_token_id: int, labels, bnb_config: BitsAndBytesConfig | None = None,
+                    embedding_dtype: str | None = None, cpu_inference_kernel: bool = False):  # fmt: skip
+    """A classifier on `model_path` for prediction or measurement, in fp32 or quantized by `bnb_config`, fitted to this
+    machine. `embedding_dtype` ("bfloat16"): the embedding tables stored as NF4 LoRA stores them.
+    `cpu_inference_kernel` lets bitsandbytes use its packed bf16 CPU kernel: for a model that only predicts."""
+    with quiet_load_report():
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path, **label_names(labels), pad_token_id=pad_token_id, dtype=torch.float32, quantization_config=bnb_config
+        )
+    if embedding_dtype is not None:
+        store_embeddings_16bit(model, getattr(torch, embedding_dtype))
+    return fit_to_machine(model, cpu_inference_kernel)
+
+
+def fit_to_machine(model, cpu_inference_kernel: bool = False):
+    """What this project does to every model it loads, beyond the recipe: nothing a learner needs, each for a machine
+    or for the records. GPT-2's GELU computed fused (the same function, a third of the memory); a quantized model's
+    tensors that still view the checkpoint file copied (else RSS keeps the whole file); bitsandbytes' packed CPU kernel,
+    which cannot train, allowed only for prediction; the adapter's config listing only the head this model has."""
+    fuse_activations(model)
+    if layers_4bit(model):
+        copy_checkpoint_views(model)
+        allow_cpu_inference_kernel(model, cpu_inference_kernel)
+    if hasattr(model, "peft_config"):
+        keep_existing_modules_to_save(model)
+    return model
+
+
+def fuse_activations(model, swaps: dict[str, str] = FUSED_ACTIVATIONS) -> int:
+    """Swap each activation named in `swaps` for the one it maps to (transformers' ACT2FN names); returns how many."""
+    from transformers.activations import ACT2FN
+
+    wanted = {type(ACT2FN[old]): new for old, new in swaps.items()}  # the type to replace -> the name to load
+    swapped = 0
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) in wanted:
+                setattr(module, name, ACT2FN[wanted[type(child)]])
+                swapped += 1
+    return swapped
+
+
+def adapted_module_names(model) -> list[str]:
+    """The short names of the layers LoRA adapted (peft's `targeted_module_names`), in model order, each once."""
+    return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name in model.targeted_module_names))
+
+
+def reports_only_the_head(message: str) -> bool:
+    """Whether a transformers load report lists nothing but the new classification head's weights."""
+    keys = [line.split("|")[0].strip() for line in message.splitlines() if "|" in line]
+    keys = [k for k in keys[1:] if k and not k.startswith("-")]  # after the header row and its rule
+    return all(k.startswith(CLASSIFIER_HEADS) for k in keys)
 
 
 @contextlib.contextmanager
 def quiet_load_report():
-    """Mute transformers' load report while loading a classifier: it lists the new head on every load.
+    """Mute transformers' load report while loading a classifier when it lists only the new head.
 
     A language model's checkpoint has no classification head, so the report always says "score.weight
-    MISSING", which is how it should be; `warn_unexpected_loading` reports anything else. A filter,
-    not a log level: transformers runs extra checks (and warns) when that logger's level is raised.
+    MISSING", which is how it should be; a report that lists anything else (a cut-short download) still shows.
+    A filter, not a log level: transformers runs extra checks (and warns) when that logger's level is raised.
     """
     log = logging.getLogger("transformers.modeling_utils")
 
     def mute(record: logging.LogRecord) -> bool:
-        return "LOAD REPORT" not in record.getMessage()
+        message = record.getMessage()
+        return "LOAD REPORT" not in message or not reports_only_the_head(message)
 
     log.addFilter(mute)
     try:
         yield
     finally:
         log.removeFilter(mute)
-
-
-def warn_unexpected_loading(loading: dict, model_path: str) -> None:
-    """Warn when loading left out, ignored or resized any weight other than the new classification head."""
-    problems = {
-        "missing": [k for k in loading.get("missing_keys", ()) if not k.startswith(CLASSIFIER_HEADS)],
-        "unexpected": list(loading.get("unexpected_keys", ())),
-        "mismatched": [str(k) for k in loading.get("mismatched_keys", ()) if not str(k[0]).startswith(CLASSIFIER_HEADS)],
-    }
-    problems = {kind: keys for kind, keys in problems.items() if keys}
-    if problems:
-        listed = "; ".join(
-            f"{kind}: {', '.join(sorted(keys)[:8])}{' ...' if len(keys) > 8 else ''}" for kind, keys in problems.items()
-        )
-        warnings.warn(
-            f"Loading {model_path} as a classifier did not match its checkpoint beyond the new head ({listed}). "
-            "Is it the model you meant, and a complete download?",
-            stacklevel=3,
-        )
 
 
 def copy_checkpoint_views(model) -> int:
@@ -239,35 +266,6 @@ def store_embeddings_16bit(model, dtype: torch.dtype = torch.bfloat16) -> int:
             module.weight.data = module.weight.data.to(dtype)
             module.register_forward_hook(lambda _module, _args, out: out.float())
     return saved
-
-
-def build_model(cfg: Config, variant, model_path: str, tokenizer, labels):
-    """The model `variant` (a `variants.Variant`) trains: loaded, quantized and wrapped as its declaration says.
-
-    The calls and their order are peft's documented QLoRA recipe; a variant without quantization or
-    LoRA skips those steps. Seeded first, so that every variant's head (and LoRA) starts the same.
-    """
-    set_seed(cfg.seed)
-    bnb_config = variant.quantization(cfg) if variant.quantization else None  # BitsAndBytesConfig (NF4) or None
-    model = load_classifier(model_path, tokenizer.pad_token_id, labels, bnb_config)
-    if bnb_config is not None:
-        # casts the 16-bit rest to fp32 for stable training and, here, turns on gradient checkpointing
-        # (non-reentrant: it needs no input-grad hook and works with frozen inputs)
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=variant.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-        store_embeddings_16bit(model, getattr(torch, NF4_EMBEDDING_DTYPE))  # frozen lookups: 16 bits are enough
-    elif variant.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if variant.peft_config:  # LoraConfig (task_type SEQ_CLS: the head trains in full and is saved with the adapter)
-        model = get_peft_model(model, variant.peft_config(cfg, model_path))
-        keep_existing_modules_to_save(model)
-        return model
-    model.requires_grad_(variant.trains == "all")
-    model.score.requires_grad_(True)  # the new head always trains
-    return model
 
 
 def keep_existing_modules_to_save(model) -> list[str]:

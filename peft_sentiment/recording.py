@@ -31,6 +31,29 @@ RECORD_KEYS = (
 METRIC_KEYS = ("accuracy", "accuracy_ci95", "test_reviews")
 
 
+def release_memory() -> None:
+    """Collect garbage, and hand freed memory back (CUDA's cache; glibc's free lists, which otherwise keep what an earlier
+    model or training freed, so that a later one's rise in RSS would look smaller than its need)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    if on_gpu():
+        torch.cuda.empty_cache()
+    libc = ctypes.util.find_library("c")
+    if libc and platform.system() == "Linux":
+        with contextlib.suppress(OSError, AttributeError):  # musl has no malloc_trim
+            ctypes.CDLL(libc).malloc_trim(0)
+
+
+def training_memory_bytes(record: dict) -> int | None:
+    """A variant's peak memory for training, alone: its weights (`model_bytes`) plus what training added over the memory
+    before it (`train_memory_rise_bytes`); None for a record that did not measure the rise."""
+    rise = record.get("train_memory_rise_bytes")
+    return None if rise is None else record.get("model_bytes", 0) + rise
+
+
 def library_versions() -> dict[str, str]:
     """Installed versions of the stack, for the record."""
     versions = {"python": platform.python_version()}
@@ -179,6 +202,7 @@ class PeakMemory:
         self._cuda = read is None and on_gpu()
 
     def __enter__(self):
+        release_memory()  # what earlier work freed, returned first: the start is this block's own baseline
         self._start = time.perf_counter()
         if self._cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -198,6 +222,17 @@ class PeakMemory:
             self.peak_bytes = max(self.peak_bytes, self.read())
             if self._stop.wait(self.interval_s):
                 return
+
+    @property
+    def rise_bytes(self) -> int:
+        """How far the peak rose above the memory on entry: what the block itself needed."""
+        return max(0, self.peak_bytes - self.start_bytes)
+
+    def describe(self) -> str:
+        """What `rise_bytes` measures, for records."""
+        if self._cuda:
+            return "the CUDA allocator's peak during training over its allocation before it (torch.cuda.max_memory_allocated)"
+        return "the process's peak resident memory (RSS, sampled every 50 ms) during training over its RSS before it, freed memory returned to the OS first"
 
     def current_peak(self) -> int:
         """The peak so far, inside the block."""

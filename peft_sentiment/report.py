@@ -10,8 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from peft_sentiment.config import IMDB
+from peft_sentiment.data import describe_draw
 from peft_sentiment.metrics import class_probabilities, expected_calibration_error, paired_difference, predicted_labels
-from peft_sentiment.recording import ACCURACY_RUN_FILE, read_baselines, read_records, recorded_test_split
+from peft_sentiment.recording import (
+    ACCURACY_RUN_FILE,
+    read_baselines,
+    read_records,
+    recorded_test_split,
+    training_memory_bytes,
+)
 from peft_sentiment.variants import VARIANTS, label_of
 
 
@@ -32,7 +39,7 @@ def compare_variants(records: list[dict]):
             "trainable params": r["params"]["trainable"],
             "model MB": r["model_bytes"] / 1e6,
             "train s": r["train_seconds"],
-            "peak train MB": r["peak_memory_bytes"]["train"] / 1e6,
+            "train MB, alone": megabytes(training_memory_bytes(r)),
             "train tokens/s": r["train_tokens_per_s"],
             "eval tokens/s": r["eval_tokens_per_s"],
         })  # fmt: skip
@@ -51,10 +58,15 @@ def markdown_table(records: list[dict], baselines: list[dict] = ()) -> str:
         f1 = m.get("f1_macro")
         known = {"accuracy %": 100 * m["accuracy"], "95% CI": "{:.1f}-{:.1f}".format(*(100 * x for x in m["accuracy_ci95"])),
                  "macro F1 %": None if f1 is None else 100 * f1, "ROC-AUC": m.get("roc_auc"), "train s": b["train_seconds"],
-                 "peak train MB": b["peak_memory_bytes"]["train"] / 1e6}  # fmt: skip
-        cells = [format_cell(known[c], c) if known.get(c) is not None else "-" for c in table.columns]
+                 "train MB, alone": megabytes(training_memory_bytes(b))}  # fmt: skip
+        cells = [format_cell(known[c], c) if known.get(c) is not None and known[c] == known[c] else "-" for c in table.columns]
         lines.append("| TF-IDF + LR (baseline) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def megabytes(n_bytes: int | None) -> float:
+    """Bytes in MB (1e6), NaN for a record that did not measure them (a table then shows no column, or "-")."""
+    return float("nan") if n_bytes is None else n_bytes / 1e6
 
 
 def format_cell(value, column: str = "") -> str:
@@ -62,6 +74,8 @@ def format_cell(value, column: str = "") -> str:
     small values (a learning rate) with two significant digits, fractions below 1 with three, the rest with one."""
     if isinstance(value, str):
         return value
+    if value != value:  # NaN: not measured
+        return "-"
     if column.endswith("%"):
         return f"{value:.1f}"
     if 0 < abs(value) < 0.01:  # learning rates and the like: their significant digits, not 0.000
@@ -83,18 +97,38 @@ def describe_run(cfg, model_path: str, tokenized, precision: str) -> str:
     keep = {"head": "its start", "tail": "its end", "head+tail": f"its first {share:.0%} and last {1 - share:.0%}"}
     suffix = f"the prompt suffix {cfg.prompt_suffix!r} appended" if cfg.prompt_suffix else "no prompt suffix (the text alone)"
     weights = WEIGHTS_SOURCE.get(cfg.model_name)
-    test_draw = "" if cfg.test_seed in (None, cfg.seed) else f"; test seed {cfg.test_seed}"
-    if cfg.retired_test_subset:  # test reviews that earlier choices saw, left out (config.retired_test_subset)
-        test_draw += f", leaving out the {cfg.retired_test_subset[0]:,} test reviews of seed {cfg.retired_test_subset[1]}"
     return " ".join([
         f"**This run** (profile `{cfg.profile}`): model {model}.",
         f"Weights: {weights}." if weights else f"Loaded from `{Path(model_path).name}`.",
         f"Data: `{Path(cfg.dataset).name if Path(cfg.dataset).is_absolute() else cfg.dataset}`, classes {class_names(tokenized)};"
-        f" {sizes} (stratified, seed {cfg.seed}{test_draw}).",
+        f" {sizes} ({describe_draw(cfg)}).",
         f"Each text is cut to {cfg.max_length} tokens keeping {keep[cfg.truncation]} ({cut['truncated_fraction']:.0%} of the "
         f"test texts are longer), with {suffix}.",
         f"LoRA: rank {cfg.lora_r}, alpha {cfg.lora_alpha}, dropout {cfg.lora_dropout}; {precision}.",
     ])  # fmt: skip
+
+
+def describe_untrained(predicted, labels, names: list[str]) -> str:
+    """Markdown: what a classifier predicted before training (class shares), and what its accuracy then means."""
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    shares = np.bincount(predicted, minlength=len(names)) / len(predicted)
+    accuracy = float((predicted == labels).mean())
+    top = int(shares.argmax())
+    said = f"`{names[top]}` for {shares[top]:.0%} of the {len(predicted):,} validation reviews"
+    if shares[top] > 0.95:
+        return (f"Untrained, the classifier predicts {said}: its accuracy, {accuracy:.1%}, is the share of `{names[top]}` "
+                "reviews, not a skill. Training must move it off that.")  # fmt: skip
+    return f"Untrained, the classifier predicts {said}; accuracy {accuracy:.1%}, about what guessing gets."
+
+
+def describe_trained(record: dict, folder: Path | None) -> str:
+    """One line per trained variant: its test accuracy, training time and memory, and where it was saved."""
+    m, memory = record["metrics"], training_memory_bytes(record)
+    low, high = m["accuracy_ci95"]
+    return (f"{label_of(record['variant'])}: test accuracy {m['accuracy']:.1%} (95% CI {low:.1%} to {high:.1%})\n"
+            f"  trained in {record['train_seconds'] / 60:.1f} min"
+            + (f", peak training memory {memory / 1e6:,.0f} MB alone" if memory is not None else "")
+            + (f"\n  saved to {folder}" if folder else ""))  # fmt: skip
 
 
 def summarize_results(records: list[dict], baselines: list[dict] = ()) -> str:
@@ -162,7 +196,7 @@ def results_section(records_dir: str) -> str:
     units = f"{device['cores']} cores" if device["type"] == "cpu" else f"{device['count']} GPUs"
     rows = [
         f"**Profile `{first['profile']}`**: model `{cfg['model_name']}`, `{first['dataset']}` train {cfg['train_size'] or 'all'}"
-        f" / validation {cfg['val_size']} / test {first['metrics']['test_reviews']} (stratified, seed {cfg['seed']}), "
+        f" / validation {cfg['val_size']} / test {first['metrics']['test_reviews']} ({describe_draw(cfg)}), "
         f"max length {cfg['max_length']} ({cfg.get('truncation', 'head')} truncation); {device['name']} ({units}), "
         f"{first['created'][:10]}.",
         "",
@@ -264,14 +298,14 @@ def describe_memory_split(rows: list[dict]) -> str:
 MEASURED_RATES = Path(__file__).resolve().parents[1] / "results" / "precision" / "cpu.json"
 
 
-def expected_minutes(cfg, tokenized, chosen: dict, on_gpu: bool, rates: Path = MEASURED_RATES) -> str:
-    """Markdown: how long each chosen variant's training and evaluation should take in this run, from its token counts
-    and the tokens/s `bench/precision.py` measured per variant on a CPU (train / evaluate rates; head-only on cached
-    features pays one frozen pass over every review at the evaluation rate)."""
-    from peft_sentiment.hardware import resolve_precision
+def estimate_seconds(cfg, tokenized, chosen: dict, rates: Path = MEASURED_RATES) -> dict | str:
+    """Per chosen variant, (training, evaluation) seconds this run should take on a CPU like the one `bench/precision.py`
+    measured, from this run's token counts and its tokens/s (head-only on cached features pays one frozen pass over
+    every review at the evaluation rate); or, when there is nothing to estimate from, why not."""
+    from peft_sentiment.hardware import on_gpu, resolve_precision
     from peft_sentiment.train import on_cached_features
 
-    if on_gpu:
+    if on_gpu():
         return (
             "On a GPU: not yet measured by this project (`bench/gpu_check.py` has not run on one); expect far less than on a CPU."
         )
@@ -280,31 +314,44 @@ def expected_minutes(cfg, tokenized, chosen: dict, on_gpu: bool, rates: Path = M
     record = json.loads(rates.read_text())
     if record["config"]["model_name"] != cfg.model_name:
         return f"No measured rates for `{cfg.model_name}` to estimate from (`bench/precision.py` measured `{record['config']['model_name']}`)."
-    precision = resolve_precision(cfg.precision)
     tokens = {split: sum(tokenized[split]["length"]) for split in ("train", "validation", "test")}
-    lines = ["| variant | training | evaluation | in all |", "|---|---|---|---|"]
-    total = 0.0
+    estimate = {}
     for name, variant in chosen.items():
-        measured = record["variants"].get(name, {}).get(precision)
+        measured = record["variants"].get(name, {}).get(resolve_precision(cfg.precision))
         if measured is None:
-            lines.append(f"| {variant.label} | not measured | | |")
             continue
         if on_cached_features(cfg, variant):
-            train_s, eval_s = 0.0, sum(tokens.values()) / measured["eval_tokens_per_s"]
+            estimate[name] = (0.0, sum(tokens.values()) / measured["eval_tokens_per_s"])
         else:
-            train_s = tokens["train"] * cfg.epochs / measured["train_tokens_per_s"]
-            eval_s = (tokens["validation"] * cfg.evals_per_run + tokens["test"]) / measured["eval_tokens_per_s"]
-        total += train_s + eval_s
+            passes = tokens["validation"] * cfg.evals_per_run + tokens["test"]
+            estimate[name] = (
+                tokens["train"] * cfg.epochs / measured["train_tokens_per_s"],
+                passes / measured["eval_tokens_per_s"],
+            )
+    return estimate | {"_measured_on": f"{record['device']['name']}, {record['device']['cores']} cores, {record['created'][:10]}"}
+
+
+def expected_minutes(estimate: dict | str, chosen: dict) -> str:
+    """Markdown: `estimate_seconds`' answer as a table, said before the long cell runs."""
+    if isinstance(estimate, str):
+        return estimate
+    lines = ["| variant | training | evaluation | in all |", "|---|---|---|---|"]
+    for name, variant in chosen.items():
+        train_s, eval_s = estimate.get(name, (float("nan"),) * 2)
         lines.append(f"| {variant.label} | {train_s / 60:.0f} min | {eval_s / 60:.0f} min | {(train_s + eval_s) / 60:.0f} min |")
-    device = record["device"]
-    return "\n".join([
-        f"**Before you run the next cell**: about {total / 60:.0f} min in all on {device['name']}, {device['cores']} cores "
-        f"({precision}), from this run's token counts ({tokens['train']:,} training, {tokens['test']:,} test tokens) and the "
-        f"tokens/s `bench/precision.py` measured there ({record['created'][:10]}); another CPU differs. On a GPU: not yet "
-        "measured by this project.",
-        "",
-        *lines,
-    ])  # fmt: skip
+    total = sum(sum(v) for k, v in estimate.items() if k in chosen)
+    return "\n".join([f"**Before you run the next cell**: about {total / 60:.0f} min on a CPU like the one the rates were "
+                      f"measured on ({estimate['_measured_on']}); another CPU differs.", "", *lines])  # fmt: skip
+
+
+def compare_with_estimate(estimate: dict | str, records: list[dict]) -> str:
+    """One line: how long the variants took, against what `estimate_seconds` said before."""
+    took = sum(r["train_seconds"] + r["eval_seconds"] for r in records)  # head-only's frozen passes are inside these
+    if isinstance(estimate, str):
+        return f"Training and evaluation took {took / 60:.0f} min."
+    expected = sum(sum(v) for k, v in estimate.items() if k in {r["variant"] for r in records})
+    return (f"Training and evaluation took {took / 60:.0f} min against the {expected / 60:.0f} min estimated "
+            f"({took / expected - 1:+.0%}; CPUs of one kind differ, and one CPU's speed drifts between runs).")  # fmt: skip
 
 
 def update_readme(readme: str, records_dirs: list[str]) -> str:

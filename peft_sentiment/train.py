@@ -19,7 +19,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from peft_sentiment.config import Config, config_to_dict
-from peft_sentiment.data import class_names
+from peft_sentiment.data import class_names, describe_draw
 from peft_sentiment.features import FeatureHead, feature_dataset, length_order, split_features
 from peft_sentiment.hardware import autocast, describe_precision, device_info, on_gpu, resolve_precision
 from peft_sentiment.metrics import accuracy_interval, compute_metrics, recorded_predictions, softmax
@@ -331,6 +331,8 @@ def measured_result(trainer, train_output, prediction, probabilities, phases: di
         "train_tokens_per_s": tokens["train"] / phases["train"].seconds,
         "eval_tokens_per_s": tokens["eval"] / phases["eval"].seconds,
         "peak_memory_bytes": {name: phase.peak_bytes for name, phase in phases.items()},
+        "train_memory_rise_bytes": phases["train"].rise_bytes,
+        "memory_measure": phases["train"].describe(),
         "log_history": trainer.state.log_history,
         "predictions": recorded_predictions(probabilities),
     }
@@ -359,6 +361,7 @@ def train_variant(cfg: Config, variant, model, tokenizer, splits, resume: bool =
         "model": cfg.model_name,
         "dataset": config["dataset"],
         "labels": class_names(splits["test"]),
+        "test_draw": describe_draw(cfg),
         "precision": resolve_precision(cfg.precision),
         "precision_chosen": describe_precision(cfg.precision),  # what `auto` picked on this machine, and why
         "nf4_kernel": nf4_kernel(model),

@@ -3,7 +3,7 @@
 Everything else (the CLI's choices, the pipeline, records, tables, plots, the notebook and the
 benchmarks) reads these declarations and never a variant's name (a profile may choose some by name: the
 config's `variants`), so a new variant is one `declare(...)` here or in your own code.
-`models.build_model` turns a declaration into a model; `train.make_training_args` gives it its learning rate.
+`models.build_model` runs a declaration's recipe; `train.make_training_args` gives it its learning rate.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from peft_sentiment import models
 from peft_sentiment.config import Config
-from peft_sentiment.models import make_lora_config, make_nf4_config
 
 TRAINS = ("head", "adapter", "all")  # what a variant's optimizer updates: the head alone, adapters (+ head), every weight
 
@@ -25,9 +25,11 @@ class Variant:
     label: str  # how tables, plots and prose name it
     trains: str  # one of TRAINS
     learning_rate: str  # the Config field holding its learning rate (a profile tunes it there)
-    quantization: Callable | None = None  # cfg -> BitsAndBytesConfig: the base loaded quantized
-    peft_config: Callable | None = None  # (cfg, model_path) -> a peft config (LoraConfig): adapters on the base
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more time
+    build: Callable  # its recipe: (cfg, model_path, labels, pad_token_id) -> the model it trains (models.build_*)
+    # what the recipe does, for what reads a declaration without building it (saving, reloading, cost estimates;
+    # tests/test_variants.py checks each recipe does it):
+    quantization: Callable | None = None  # cfg -> the BitsAndBytesConfig its base is loaded with
+    gradient_checkpointing: bool = False  # activations recomputed in backward: less memory, more time
     save_dir: str | None = None  # folder under cfg.save_dir for the trained adapter or model; None = not saved
     reference_accuracy: float | None = None  # what the reference notebook reached (GPT-2, all of IMDB), if it ran it
     compared_with: str | None = None  # the variant whose predictions the summary tests this one's against
@@ -35,8 +37,6 @@ class Variant:
     def __post_init__(self):
         if self.trains not in TRAINS:
             raise ValueError(f"Variant {self.name!r}: trains={self.trains!r}; choose one of {', '.join(TRAINS)}.")
-        if (self.trains == "adapter") != (self.peft_config is not None):
-            raise ValueError(f"Variant {self.name!r}: trains='adapter' exactly when it has a peft_config.")
 
 
 VARIANTS: dict[str, Variant] = {}  # in declaration order: the order of tables, plots and runs
@@ -68,25 +68,26 @@ def label_of(name: str) -> str:
     return VARIANTS[name].label if name in VARIANTS else name
 
 
-declare(Variant("head_only", "head-only", trains="head", learning_rate="lr_head", reference_accuracy=0.83))
+declare(Variant("head_only", "head-only", trains="head", learning_rate="lr_head", build=models.build_head_only,
+                reference_accuracy=0.83))  # fmt: skip
 declare(
     Variant(
-        "lora", "LoRA", trains="adapter", learning_rate="lr_lora", peft_config=make_lora_config,
-        save_dir="saved_f32_lora", reference_accuracy=0.90, compared_with="head_only",
+        "lora", "LoRA", trains="adapter", learning_rate="lr_lora", build=models.build_lora, save_dir="saved_f32_lora",
+        reference_accuracy=0.90, compared_with="head_only",
     )
 )  # fmt: skip
 declare(
     Variant(
-        "nf4_lora", "NF4 LoRA", trains="adapter", learning_rate="lr_lora", quantization=make_nf4_config,
-        peft_config=make_lora_config, gradient_checkpointing=True, save_dir="saved_nf4_lora", reference_accuracy=0.88,
-        compared_with="lora",
+        "nf4_lora", "NF4 LoRA", trains="adapter", learning_rate="lr_lora", build=models.build_nf4_lora,
+        quantization=models.make_nf4_config, gradient_checkpointing=True, save_dir="saved_nf4_lora",
+        reference_accuracy=0.88, compared_with="lora",
     )
 )  # fmt: skip
 # The ceiling the others approximate: every weight trains (GPT-2 on IMDB: ~94%, a public anchor, not the reference's).
 # Its saved model is a whole model (540 MB for SmolLM2), git-ignored.
 declare(
     Variant(
-        "full_finetune", "full fine-tuning", trains="all", learning_rate="lr_full", save_dir="saved_full_finetune",
-        compared_with="lora",
+        "full_finetune", "full fine-tuning", trains="all", learning_rate="lr_full", build=models.build_full_finetune,
+        save_dir="saved_full_finetune", compared_with="lora",
     )
 )  # fmt: skip

@@ -153,7 +153,7 @@ def toy_tokenized(toy_splits, tokenizer, toy_cfg):
 def lora_config(toy_cfg, tiny_model_path):
     from peft_sentiment.models import make_lora_config
 
-    return make_lora_config(toy_cfg, tiny_model_path)
+    return make_lora_config(toy_cfg, "gpt2")
 
 
 @pytest.fixture(scope="session")
@@ -189,13 +189,14 @@ def fake_record(variant, accuracy, seconds, model_bytes):
     from peft_sentiment import hardware, recording
 
     return {
-        "variant": variant, "profile": "smoke", "config": {"seed": 0}, "model": "m", "dataset": "stanfordnlp/imdb",
+        "variant": variant, "profile": "smoke", "config": {"seed": 0, "train_batch_size": 8}, "model": "m", "dataset": "stanfordnlp/imdb",
         "labels": ["neg", "pos"], "versions": recording.library_versions(), "device": hardware.device_info(),
         "params": {"trainable": 10, "total": 100}, "model_bytes": model_bytes,
         "metrics": {"accuracy": accuracy, "f1_macro": accuracy, "precision": 0.5, "recall": 0.5, "f1": 0.5, "roc_auc": 0.5,
                     "accuracy_ci95": [accuracy - 0.05, accuracy + 0.05], "test_reviews": 100},
         "train_seconds": seconds, "eval_seconds": 1.0, "train_tokens": {"real": 10}, "eval_tokens": {"real": 5},
         "train_tokens_per_s": 10.0, "eval_tokens_per_s": 5.0, "peak_memory_bytes": {"train": 2e9, "eval": 1e9},
+        "train_memory_rise_bytes": 3 * model_bytes,
         "log_history": [{"step": 1, "loss": 0.7}, {"step": 2, "loss": 0.6, "eval_accuracy": 0.6}], "created": "now",
         "predictions": [0.9, 0.1], "test_labels": [1, 0], "test_n_tokens": [10, 20],
     }  # fmt: skip

@@ -33,3 +33,9 @@ def test_a_worker_runs_in_its_own_process_and_returns_its_json(tmp_path):
     )
     result = harness.run_in_worker(str(script), ["--flag"], ["a", "b"], env={"WORKER_ENV": "set", "PATH": ""})
     assert result["args"] == ["a", "b"] and result["env"] == "set" and result["pid"] != os.getpid()
+
+
+def test_records_name_what_else_ran_without_a_machines_folders():
+    command = "/work/x/.venv/bin/python -m ipykernel_launcher -f /tmp/tmp1.json --HistoryManager.hist_file=:memory:"
+    assert harness.without_folders(command) == "python -m ipykernel_launcher -f tmp1.json --HistoryManager.hist_file=:memory:"
+    assert harness.without_folders("python bench/nf4.py knob r16") == "python bench/nf4.py knob r16"  # relative stays

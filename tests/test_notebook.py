@@ -1,6 +1,7 @@
 """The notebook: committed clean, and runs top to bottom on the smoke profile."""
 
 import getpass
+import inspect
 import json
 import os
 import re
@@ -15,14 +16,16 @@ import pytest
 from conftest import load_bench
 from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-from peft_sentiment import recording, report
+from peft_sentiment import models, recording, report, train
 from peft_sentiment.config import make_config
 from peft_sentiment.pipeline import run_training
-from peft_sentiment.variants import VARIANTS
+from peft_sentiment.variants import VARIANTS, label_of
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "project_peft.ipynb"
 SHARED_IMDB = ROOT.parent / "shared" / "data" / "imdb"
+RECIPE_PARTS = (models.make_lora_config, models.make_nf4_config, models.build_nf4_lora, models.build_lora,
+                train.make_training_args, train.make_trainer)  # what the notebook's recipe cells show  # fmt: skip
 
 
 def test_committed_notebook_is_clean_or_one_stamped_run():
@@ -39,6 +42,61 @@ def test_committed_notebook_is_clean_or_one_stamped_run():
     assert "run-stamp" in first.metadata.get("tags", []) and "profile `" in first.source and "started 20" in first.source
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "every cell once, in order"
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+
+
+SECTIONS = ["Setup", "Load and tokenize IMDB", "Metrics", "The untrained classifier", "The models",
+            "What LoRA and NF4 change inside", "Training and evaluation", "Comparison", "Save and reload", "Conclusions",
+            "Your own data", "Exercises"]  # fmt: skip
+
+
+def test_the_notebook_reads_as_a_lesson_in_the_tutorials_order():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    markdown = [c.source for c in nb.cells if c.cell_type == "markdown" and "run-stamp" not in c.metadata.get("tags", [])]
+    words = [len(text.split()) for text in markdown]
+    assert sum(words) <= 2200 and max(words) <= 150, f"{sum(words)} words of Markdown, the longest cell {max(words)}"
+    headings = [m.group(1) for text in markdown for m in re.finditer(r"^## \d+\. (.+)$", text, re.M)]
+    assert headings == SECTIONS
+    intro = markdown[0]
+    assert len(intro.split()) <= 200 and all(section.lower() in intro.lower() for section in ("setup", "metrics", "exercises"))
+
+
+def test_each_variants_recipe_is_shown_as_the_code_that_runs():
+    """One cell per variant shows its recipe (the Hugging Face calls, copyable); the training loop runs the same."""
+    code = "\n".join(c.source for c in nb_cells("code"))
+    for variant in VARIANTS.values():
+        assert f"models.{variant.build.__name__}" in code and "lesson.show_source(" in code, variant.name
+        source = inspect.getsource(variant.build)
+        assert len(source.splitlines()) <= 16, f"{variant.build.__name__}: a recipe a learner can read in one look"
+        assert "from_pretrained(" in source
+    assert "models.build_model(cfg, variant," in code  # the loop builds each variant through its recipe
+    for call in ("BitsAndBytesConfig(", "LoraConfig(", "get_peft_model(", "prepare_model_for_kbit_training(",
+                 "TrainingArguments(", "Trainer("):  # fmt: skip
+        assert any(call in inspect.getsource(f) for f in RECIPE_PARTS), call
+
+
+def nb_cells(kind: str) -> list:
+    return [c for c in nbformat.read(NOTEBOOK, as_version=4).cells if c.cell_type == kind]
+
+
+def test_committed_notebook_outputs_read_as_a_person_reads_them():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    if not has_outputs(nb):
+        pytest.skip("the committed notebook is clean")
+    check_outputs_readable(nb, images=7)
+
+
+def check_outputs_readable(nb, images: int) -> None:
+    """At least `images` figures; no progress bar or empty placeholder; no text line wider than 100 characters."""
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= images
+    progress = load_bench("notebook").PROGRESS_LINE
+    texts = [o.text for o in outputs if o.output_type == "stream"]
+    texts += [o.data["text/plain"] for o in outputs if set(o.get("data", {})) == {"text/plain"}]  # no richer form shown
+    assert not [line for t in texts for line in t.splitlines() if progress.match(line)]
+    assert not [o for o in outputs if "text/html" in o.get("data", {}) and ("<progress" in o.data["text/html"]
+                                                                           or not o.data["text/html"].strip())]  # fmt: skip
+    wide = [line for t in texts for line in t.splitlines() if len(line) > 100]
+    assert not wide, wide[:3]
 
 
 def test_committed_notebook_cells_have_ids():
@@ -74,7 +132,7 @@ def check_figures_inline(nb) -> None:
     code = [c for c in nb.cells if c.cell_type == "code"]
     drawn = {i: figures_drawn(c.source) for i, c in enumerate(code)}
     shown = {i: sum("image/png" in o.get("data", {}) for o in c.outputs) for i, c in enumerate(code)}
-    wrong = {i: f"draws {drawn[i]}, shows {shown[i]}" for i in drawn if drawn[i] != shown[i]}
+    wrong = {i: f"draws {drawn[i]}, shows {shown[i]}" for i in drawn if drawn[i] and drawn[i] != shown[i]}
     assert sum(drawn.values()) > 0 and not wrong, f"code cells' figures: {wrong} (is `%matplotlib inline` still run?)"
 
 
@@ -206,7 +264,9 @@ def test_committed_notebook_shows_the_committed_records():
     assert {r["command"] for r in records} == {f"python bench/notebook.py --profile {profile}"}, "the notebook's run wrote them"
     for r in records:
         low, high = r["metrics"]["accuracy_ci95"]
-        assert f"{r['variant']}: test accuracy {r['metrics']['accuracy']:.1%} (95% CI {low:.1%}-{high:.1%})" in joined
+        assert (
+            f"{label_of(r['variant'])}: test accuracy {r['metrics']['accuracy']:.1%} (95% CI {low:.1%} to {high:.1%})" in joined
+        )
     # the conclusions drawn from the committed records are the ones the notebook shows, to the character
     assert report.summarize_results(records, recording.read_baselines(records_dir)) in texts
 
@@ -258,6 +318,8 @@ def test_notebook_runs_headless_on_smoke(tmp_path):
     assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert "LOAD REPORT" not in "".join(output_texts(executed))
     check_figures_inline(executed)  # with MPLBACKEND=Agg, as CI has it: the notebook's %matplotlib inline wins
+    load_bench("notebook").strip_progress(executed)  # as bench/notebook.py saves a run
+    check_outputs_readable(executed, images=7)
     # The raw smoke run names no machine path today (its tiny local model draws no peft warning), the cpu run's peft
     # warnings do (site-packages files): whatever appears, bench/notebook.py's scrub must leave none
     load_bench("notebook").scrub_paths(executed, root=tmp_path)  # with this run's folder as the repository

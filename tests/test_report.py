@@ -1,6 +1,7 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 from conftest import fake_record
 
@@ -44,20 +45,55 @@ def test_summary_judges_differences_on_the_same_reviews():
     assert summary.endswith("LoRA, NF4 LoRA.")  # head-only's interval (70-80%) is not above 85%
 
 
-def test_learning_curves_run_over_fractions_of_each_run(records):
+def test_learning_curves_run_over_training_reviews_seen_with_every_validation_point(records):
     curves = plots.plot_learning_curves(records)
-    assert len(curves.axes[0].lines) == 3
-    assert max(curves.axes[0].lines[0].get_xdata()) == 1.0  # fractions of each run, not steps
+    loss, accuracy = curves.axes
+    assert len(loss.lines) == len(accuracy.lines) == 3
+    assert list(loss.lines[0].get_xdata()) == [8, 16]  # steps times the batch of 8
+    assert list(accuracy.lines[0].get_ydata()) == [0.6] and accuracy.get_legend() is not None
+    np.testing.assert_allclose(plots.smooth([1.0, 2.0, 3.0, 10.0]), [1.5, 2.0, 5.0, 6.5])  # the ends average what they have
 
 
-def test_accuracy_vs_cost_plot_has_every_method(records):
-    baseline = {**fake_record("lora", 0.85, 1.0, 0), "variant": "tfidf_logreg"}
+def test_accuracy_vs_cost_plots_each_variants_memory_alone_and_the_baselines_point(records):
+    baseline = {**fake_record("lora", 0.85, 1.0, 0), "variant": "tfidf_logreg", "train_memory_rise_bytes": 5e7}
     fig = plots.plot_accuracy_vs_cost(records, [baseline])
-    assert [len(ax.texts) for ax in fig.axes] == [3, 3]  # the variants, annotated
-    time_labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert "TF-IDF + LR (85.0%)" in time_labels
-    # on the memory axis the baseline is a line at its accuracy, not a point at its process's memory
-    assert [line.get_ydata()[0] for line in fig.axes[1].lines if line.get_linestyle() == ":"] == [0.85]
+    assert [len(ax.texts) for ax in fig.axes] == [4, 4]  # three variants and the baseline, annotated on both axes
+    memory = fig.axes[1]
+    # weights plus what training added: nf4_lora 100 + 300 bytes; the baseline its rise alone
+    assert {t.get_text(): t.xy[0] for t in memory.texts} == pytest.approx(
+        {"NF4 LoRA": 400e-6, "head-only": 1600e-6, "LoRA": 1600e-6, "TF-IDF + LR": 50.0}
+    )
+    old = {k: v for k, v in records[0].items() if k != "train_memory_rise_bytes"}  # a record from before the rise
+    assert len(plots.plot_accuracy_vs_cost([old]).axes[1].texts) == 0
+
+
+def test_memory_split_and_disagreement_figures(records):
+    rows = [{"variant": v, "checkpointing": c, "weights_bytes": w, "saved_bytes": a, "step_seconds": t}
+            for v, c, w, a, t in (("LoRA", False, 5e8, 2e9, 1.0), ("LoRA", True, 5e8, 1e8, 1.3),
+                                  ("NF4 LoRA", False, 1e8, 2e9, 1.5), ("NF4 LoRA", True, 1e8, 1e8, 1.9))]  # fmt: skip
+    memory, steps = plots.plot_memory_split(rows).axes
+    heights = [p.get_height() for p in memory.patches]
+    assert heights == pytest.approx([500, 500, 100, 100, 2000, 100, 2000, 100])  # weights, then activations on top
+    assert [p.get_height() for p in steps.patches] == [1.0, 1.3, 1.5, 1.9]
+    for r in records:
+        r.update(predictions=[0.9, 0.1, 0.2], test_labels=[1, 0, 0])
+    records[0]["predictions"] = [0.1, 0.1, 0.9]  # NF4 LoRA gets only the second right; LoRA all three
+    fig = plots.plot_disagreements(records)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["NF4 LoRA\nvs LoRA", "LoRA\nvs head-only"]
+    widths = [p.get_width() for p in fig.axes[0].patches]
+    assert widths == [0, -2, 0, 0]  # only LoRA right on two reviews; LoRA and head-only agree
+
+
+def test_nf4_levels_figure_reads_the_rounding_error_off_the_weights():
+    import torch
+
+    weight = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
+    fig = plots.plot_nf4_levels(weight)
+    ax = fig.axes[0]
+    assert len([line for line in ax.lines]) == 16  # the levels
+    error = float(ax.get_title().rsplit(" ", 1)[-1].rstrip("%")) / 100
+    assert 0.05 < error < 0.15  # NF4 on Gaussian weights: about 10% (results/nf4/rounding.json: 0.092)
 
 
 def test_readme_results_block_is_generated_from_records(records, tmp_path):
@@ -172,9 +208,10 @@ def test_memory_split_is_described_from_its_rows():
     assert "x1.30 as long for LoRA and x1.30 for NF4 LoRA" in text and "takes x1.95 the time of LoRA" in text
 
 
-def test_expected_minutes_come_from_token_counts_and_measured_rates(tmp_path, records):
+def test_expected_minutes_come_from_token_counts_and_measured_rates(tmp_path, records, monkeypatch):
     from datasets import Dataset
 
+    from peft_sentiment import hardware
     from peft_sentiment.config import make_config
     from peft_sentiment.variants import VARIANTS
 
@@ -185,12 +222,17 @@ def test_expected_minutes_come_from_token_counts_and_measured_rates(tmp_path, re
     tokenized = {s: Dataset.from_dict({"length": [n] * 10}) for s, n in (("train", 600), ("validation", 120), ("test", 1200))}
     cfg = make_config("smoke", precision="fp32", epochs=1, evals_per_run=1)
     chosen = {name: VARIANTS[name] for name in ("head_only", "lora")}
-    text = report.expected_minutes(cfg, tokenized, chosen, on_gpu=False, rates=path)
+    estimate = report.estimate_seconds(cfg, tokenized, chosen, rates=path)
+    text = report.expected_minutes(estimate, chosen)
     # head-only: one frozen pass over 19,200 tokens at 200/s = 1.6 min; LoRA: 6,000 / 100 = 1 min + 13,200 / 200 = 1.1 min
     assert "| head-only | 0 min | 2 min | 2 min |" in text and "| LoRA | 1 min | 1 min | 2 min |" in text
-    assert "about 4 min in all on Test CPU, 2 cores (fp32)" in text
-    assert "not yet measured" in report.expected_minutes(cfg, tokenized, chosen, on_gpu=True, rates=path)
-    other_model = dataclasses.replace(cfg, model_name="gpt2-random")
-    assert "No measured rates for `gpt2-random`" in report.expected_minutes(
-        other_model, tokenized, chosen, on_gpu=False, rates=path
+    assert "about 4 min on a CPU like the one the rates were measured on (Test CPU, 2 cores, 2026-12-03)" in text
+    took = [{"variant": "head_only", "train_seconds": 90.0, "eval_seconds": 6.0},
+            {"variant": "lora", "train_seconds": 60.0, "eval_seconds": 66.0}]  # fmt: skip
+    assert report.compare_with_estimate(estimate, took).startswith(
+        "Training and evaluation took 4 min against the 4 min estimated (+0%"
     )
+    other_model = dataclasses.replace(cfg, model_name="gpt2-random")
+    assert "No measured rates for `gpt2-random`" in report.estimate_seconds(other_model, tokenized, chosen, rates=path)
+    monkeypatch.setattr(hardware, "on_gpu", lambda: True)
+    assert "not yet measured" in report.expected_minutes(report.estimate_seconds(cfg, tokenized, chosen, rates=path), chosen)

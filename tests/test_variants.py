@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForSequenceClassification
 
 from peft_sentiment import cli, inference, models, pipeline, plots, recording, report, train, variants
 from peft_sentiment.variants import VARIANTS, Variant
@@ -24,16 +24,19 @@ def declared():
     VARIANTS.update(before)
 
 
-def last_block_attention_lora(cfg, model_path):
-    """LoRA of rank 2 on the last block's attention projection only (tiny-gpt2 has blocks 0 and 1)."""
-    return LoraConfig(
+def build_last_block_attention_lora(cfg, model_path, labels, pad_token_id):
+    """A recipe of one's own: LoRA of rank 2 on the last block's attention projection only (tiny-gpt2 has blocks 0, 1)."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, **models.label_names(labels),
+                                                               pad_token_id=pad_token_id)  # fmt: skip
+    lora_config = LoraConfig(
         task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["c_attn"], layers_to_transform=[1], layers_pattern="h",
         fan_in_fan_out=True,
     )  # fmt: skip
+    return get_peft_model(model, lora_config)
 
 
 TOY = Variant(
-    "toy_rank2", "rank-2 attention LoRA", trains="adapter", learning_rate="lr_lora", peft_config=last_block_attention_lora,
+    "toy_rank2", "rank-2 attention LoRA", trains="adapter", learning_rate="lr_lora", build=build_last_block_attention_lora,
     save_dir="saved_toy_rank2", compared_with="head_only",
 )  # fmt: skip
 
@@ -42,7 +45,6 @@ def test_the_package_declares_four_variants_in_table_order():
     assert list(VARIANTS) == ["head_only", "lora", "nf4_lora", "full_finetune"]
     assert [v.trains for v in VARIANTS.values()] == ["head", "adapter", "adapter", "all"]
     assert VARIANTS["nf4_lora"].quantization is models.make_nf4_config and VARIANTS["nf4_lora"].gradient_checkpointing
-    assert VARIANTS["lora"].peft_config is VARIANTS["nf4_lora"].peft_config is models.make_lora_config
     assert {v.learning_rate for v in VARIANTS.values()} == {"lr_head", "lr_lora", "lr_full"}
     assert all(v.compared_with in VARIANTS for v in VARIANTS.values() if v.compared_with)
 
@@ -104,14 +106,26 @@ def test_each_variants_name_is_written_in_at_most_two_package_files():
 
 
 def test_a_declaration_is_checked_when_made():
-    with pytest.raises(ValueError, match="trains='adapter' exactly when it has a peft_config"):
-        Variant("no_adapter", "x", trains="adapter", learning_rate="lr_lora")
-    with pytest.raises(ValueError, match="trains='adapter' exactly when it has a peft_config"):
-        Variant("head_with_lora", "x", trains="head", learning_rate="lr_head", peft_config=models.make_lora_config)
     with pytest.raises(ValueError, match="trains='bias'; choose one of head, adapter, all"):
-        Variant("bitfit", "x", trains="bias", learning_rate="lr_head")
+        Variant("bitfit", "x", trains="bias", learning_rate="lr_head", build=models.build_head_only)
     with pytest.raises(dataclasses.FrozenInstanceError):
         VARIANTS["lora"].label = "changed"
+
+
+@pytest.mark.parametrize("name", ["head_only", "lora", "nf4_lora", "full_finetune"])
+def test_each_recipe_builds_what_its_declaration_says(name, toy_cfg, tiny_model_path, tokenizer):
+    """What reads a declaration without building it (saving, reloading, cost estimates) can trust it."""
+    variant = VARIANTS[name]
+    model = models.build_model(toy_cfg, variant, tiny_model_path, tokenizer, ["neg", "pos"])
+    assert isinstance(model, PeftModel) == (variant.trains == "adapter")
+    assert bool(models.layers_4bit(model)) == (variant.quantization is not None)
+    assert model.is_gradient_checkpointing == variant.gradient_checkpointing
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert trainable and any(".score." in f".{n}" for n in trainable)  # the new head always trains
+    trains = {"head": lambda n: "score." in n, "adapter": lambda n: "lora_" in n or "score." in n, "all": lambda n: True}
+    assert all(trains[variant.trains](n) for n in trainable)  # nothing else trains
+    assert (not frozen) == (variant.trains == "all")
 
 
 def test_unknown_names_list_the_declared_ones():
@@ -125,22 +139,9 @@ def test_unknown_names_list_the_declared_ones():
 
 
 def test_training_arguments_take_the_declared_learning_rate(toy_cfg):
-    quiet = Variant("quiet", "quiet", trains="head", learning_rate="lr_head")
+    quiet = Variant("quiet", "quiet", trains="head", learning_rate="lr_head", build=models.build_head_only)
     args = train.make_training_args(toy_cfg, quiet, weight_decay=0.3, warmup_steps=0)
     assert (args.learning_rate, args.weight_decay, args.warmup_steps) == (toy_cfg.lr_head, 0.3, 0)
     assert args.output_dir == str(Path(toy_cfg.work_dir) / "quiet")
     assert train.make_training_args(toy_cfg, quiet, weight_decay=0.0).weight_decay == 0.0  # a call's overrides win
     assert train.make_training_args(toy_cfg, VARIANTS["full_finetune"]).learning_rate == toy_cfg.lr_full
-
-
-def test_a_new_variant_built_from_a_declaration_alone(declared, toy_cfg, tiny_model_path, tokenizer):
-    """build_model reads only the declaration: quantization, adapters, checkpointing, what trains."""
-    declared(dataclasses.replace(TOY, name="toy_checkpointed", gradient_checkpointing=True))
-    model = models.build_model(toy_cfg, VARIANTS["toy_checkpointed"], tiny_model_path, tokenizer, ["neg", "pos"])
-    assert model.base_model.model.is_gradient_checkpointing
-    assert models.adapted_module_names(model) == ["c_attn"] and not models.layers_4bit(model)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n or ".score." in n for n in trainable)
-    full = models.build_model(toy_cfg, VARIANTS["full_finetune"], tiny_model_path, tokenizer, ["neg", "pos"])
-    assert all(p.requires_grad for p in full.parameters()) and not full.is_gradient_checkpointing
-    assert all(p.dtype == torch.float32 for p in full.parameters())
