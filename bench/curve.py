@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from datasets import DatasetDict  # noqa: E402
 from harness import git_commit, what_else_ran  # noqa: E402
-from truncation import frozen_features, head_probabilities, resumable, scores, trainer_probabilities  # noqa: E402
+from validation import frozen_features, head_probabilities, resumable, scores, trainer_probabilities  # noqa: E402
 
 from peft_sentiment import data, hardware, metrics, models, recording, report  # noqa: E402
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides  # noqa: E402
@@ -90,8 +90,7 @@ def run(args, argv, path: Path) -> dict:
         "validation_labels": validation_labels,
         "sizes": {},
         "predictions": {},
-        "device": hardware.device_info(),
-        "versions": recording.library_versions(),
+        **recording.provenance(),
         "what_else_ran": [],
     }
     previous = resumable(path, record) if args.resume else None  # the same checks as bench/truncation.py's

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from harness import git_commit, what_else_ran
 from transformers import AutoModelForSequenceClassification
-from truncation import carve_validation, run, same_reviews
+from validation import carve_validation, run, same_reviews
 
 from peft_sentiment import catalog, features, hardware, metrics, models, recording, report
 from peft_sentiment.config import make_config
@@ -146,11 +146,9 @@ def study_rounding(argv: list[str], reviews: int = 24) -> None:
         "nf4_error_on_gaussian_weight": relative_error(nf4_round_trip(gaussian), gaussian),
         "distinct_values_in_first_32_weights": levels,
         "sensitivity": sensitivity,
-        "device": hardware.device_info(),
-        "versions": recording.library_versions(),
+        **recording.provenance(),
         "what_else_ran": [what_else_ran()],
         "total_seconds": time.perf_counter() - started,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     recording.write_json_atomic(record, FOLDER / "rounding.json")
 
@@ -187,7 +185,7 @@ def study_footprint(argv: list[str]) -> None:
         del model
     record = {"study": "footprint", "command": "python " + shlex.join(["bench/nf4.py", *argv]), "commit": git_commit(),
               "bytes": sizes, "share_of_fp32": {k: v / sizes["fp32"] for k, v in sizes.items()},
-              "versions": recording.library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+              **recording.provenance()}  # fmt: skip
     recording.write_json_atomic(record, FOLDER / "footprint.json")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from datasets import DatasetDict
 from harness import git_commit, what_else_ran
-from truncation import carve_validation
+from validation import carve_validation
 
 from peft_sentiment import hardware, metrics, models, recording, report, train
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides
@@ -108,8 +108,7 @@ def run(args, argv, path: Path) -> dict:
         "train_reviews": len(splits["train"]),
         "validation": {"reviews": len(splits["test"]), "source": "training reviews the profile does not use"},
         "validation_labels": list(map(int, splits["test"]["label"])),
-        "device": hardware.device_info(),
-        "versions": recording.library_versions(),
+        **recording.provenance(),
         "what_else_ran": {"at_start": what_else_ran()},  # and after each run: the cores were this run's, or not
         "variants": {},
     }

@@ -125,11 +125,9 @@ def main(argv=None) -> int:
         "commit": git_commit(),
         "reviews": args.reviews,
         "emulated_reviews": args.emulated_reviews,
-        "device": hardware.device_info(),
-        "versions": recording.library_versions(),
+        **recording.provenance(),
         "paths": {},
         "what_else_ran": [],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     for path in args.paths:
         env = os.environ | PATHS[path]

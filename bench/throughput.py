@@ -29,13 +29,6 @@ over minutes for two processes' rates to be compared.
 The baseline also keeps transformers' stock GPT-2 activation ("gelu_new", eight elementwise ops)
 where the project loads the same function fused (models.FUSED_ACTIVATIONS).
 MFU = model FLOPs on real tokens (bench/cost.py) / time / the n x n matmul peak measured here.
-
-    python bench/throughput.py --ablations   # ~4 min: writes results/throughput/<device>-ablations.json
-
-runs the project's LoRA alone and times its training steps twice more on the same batches: with the
-stock activation (what the fusion alone buys), then also with the frozen model's dropout off (GPT-2
-draws dropout masks on every activation, attention probabilities included: what that recipe choice
-costs; not the default). Kept out of the main run, which must stay under 20 minutes here.
 """
 
 from __future__ import annotations
@@ -47,7 +40,6 @@ import shlex
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import cost
@@ -58,14 +50,13 @@ from harness import page_in_weights, run_in_worker
 from transformers import AutoConfig, TrainerCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from peft_sentiment import catalog, data, features, hardware, models, recording, report, train
+from peft_sentiment import catalog, data, features, models, recording, report, train
 from peft_sentiment.config import make_config
 from peft_sentiment.pipeline import prepare_data
 from peft_sentiment.variants import VARIANTS, get_variant, label_of
 
 PIPELINES = ("baseline", "project")
 PLOT_LABELS = {"baseline": "pad to 512, random order", "project": "project: dynamic padding, length-grouped"}
-ABLATED = "lora"  # the ablations are about LoRA's recipe on a frozen GPT-2: its activation and its dropout
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -85,9 +76,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="record path (default: results/throughput/<cpu|cuda>.json)")
     parser.add_argument("--readme", help="also regenerate the throughput block of this Markdown file (docs/benchmarks.md)")
     parser.add_argument("--skip-tokenization", action="store_true", help="do not time tokenizing all 50,000 reviews")
-    parser.add_argument(
-        "--ablations", action="store_true", help="instead: the project's LoRA with the stock GELU and without dropout (see above)"
-    )
     parser.add_argument("--worker", nargs=3, metavar=("VARIANT", "PIPELINE", "OUT"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -294,36 +282,6 @@ def swap_activation(model, stock: bool) -> int:
     )
 
 
-def disable_backbone_dropout(model) -> int:
-    """Set p=0 on every dropout of the frozen model (not LoRA's own); returns how many had p > 0.
-
-    GPT-2's attention reads `attn_dropout.p` for its fused kernel, so setting the modules is enough.
-    """
-    changed = 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Dropout) and "lora_dropout" not in name and module.p > 0:
-            module.p = 0.0
-            changed += 1
-    return changed
-
-
-def profile_step(model, tokenizer, train_ds, rows, top: int = 8) -> list[dict]:
-    """Where one training step's CPU time goes (torch.profiler, self time per operator)."""
-    from torch.profiler import ProfilerActivity, profile
-    from transformers import DataCollatorWithPadding
-
-    columns = [c for c in ("input_ids", "attention_mask", "label") if c in train_ds.column_names]
-    batch = DataCollatorWithPadding(tokenizer)([train_ds.select_columns(columns)[i] for i in rows])
-    batch["labels"] = batch.pop("label") if "label" in batch else batch.pop("labels")
-    model.train()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        model(**batch).loss.backward()
-    model.zero_grad(set_to_none=True)
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events)
-    return [{"op": e.key, "self_share": e.self_cpu_time_total / total, "calls": e.count} for e in events[:top]]
-
-
 def run_worker(args, name: str, pipeline: str, out: str) -> None:
     """Measure variant `name` on one pipeline; write the result as JSON to `out`."""
     import datasets
@@ -378,28 +336,17 @@ def run_worker(args, name: str, pipeline: str, out: str) -> None:
             "measured_added_bytes": peak - result["memory_before_bytes"],
             "estimated_weights_bytes": estimate["weights"],
         }
-        if pipeline == "project":
-            result["train_profile"] = profile_step(model, tokenizer, tokenized["train"], timed[len(timed) // 2])
-        if args.ablations and pipeline == "project" and name == ABLATED:  # the same timed batches, the model warm
-            timed_ds = tokenized["train"].select([i for b in timed for i in b])
-            for change, key in (
-                (partial(swap_activation, stock=True), "stock_activation"),
-                (disable_backbone_dropout, "no_backbone_dropout"),
-            ):
-                if change(model):  # cumulative: the second runs with the stock activation too, so compare it with the first
-                    seconds, calls, _ = measure_trainer_steps(cfg, variant, model, tokenizer, timed_ds, warmup=False)
-                    result[f"train_{key}"] = rates(seconds, calls, params, shape, "train", recompute)
     if pipeline == "project":  # both pipelines' evaluation, alternated; run_all moves the baseline's to its run
         eval_batches = epoch_batches(test_lengths, cfg.eval_batch_size, "longest_first", cfg.seed)
         picked = stratified_batches(eval_batches, test_lengths, args.eval_batches)
-        padded = None if args.ablations else pad_to_max_length(splits["test"], tokenizer, cfg.max_length)
+        padded = pad_to_max_length(splits["test"], tokenizer, cfg.max_length)
         timings = measure_eval_paired(
             cfg,
             variant,
             model,
             tokenizer,
             [tokenized["test"].select(b) for b in picked],
-            None if padded is None else [padded.select(b) for b in picked],
+            [padded.select(b) for b in picked],
         )
         for name, (seconds, calls, peak) in timings.items():
             key = "eval" if name == "project" else "eval_baseline"
@@ -484,20 +431,18 @@ def run_all(args, argv) -> dict:
     print(f"matmul peak (2048 x 2048 fp32): {peak / 1e9:.1f} GFLOP/s", flush=True)
     record = {
         "command": "python " + shlex.join(["bench/throughput.py", *argv]),
-        "device": hardware.device_info(),
+        **recording.provenance(),
         "memory_gib": psutil.virtual_memory().total / 2**30,
-        "versions": recording.library_versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": args.model,
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},
         "matmul_peak_flops": peak,
         "runs": [],
     }
-    if not (args.skip_tokenization or args.ablations):
+    if not args.skip_tokenization:
         record["tokenization"] = time_tokenization(args, [a for a in argv if a != "--skip-tokenization"])
         print(f"tokenization: {json.dumps(record['tokenization'])}", flush=True)
     worker_argv = [a for a in argv if a != "--skip-tokenization"]
-    pairs = [(ABLATED, "project")] if args.ablations else [(v, p) for v in args.variants for p in PIPELINES]
+    pairs = [(v, p) for v in args.variants for p in PIPELINES]
     for variant, pipeline in pairs:
         start = time.perf_counter()
         run = run_in_worker(__file__, worker_argv, [variant, pipeline])
@@ -509,7 +454,7 @@ def run_all(args, argv) -> dict:
         record["runs"].append(run)
         evaluation = f", eval {run['eval']['real_tokens_per_s']:.0f} (baseline's too)" if "eval" in run else ""
         print(f"{variant} {pipeline}: train {run['train']['real_tokens_per_s']:.0f} real tok/s{evaluation}", flush=True)
-    record["summary"] = summarize_ablations(record) if args.ablations else summarize(record)
+    record["summary"] = summarize(record)
     record["matmul_peak_flops_after"] = cost.measure_matmul_peak()  # the machine did not change speed meanwhile
     return record
 
@@ -560,32 +505,6 @@ def summarize(record: dict) -> dict:
     return summary
 
 
-def summarize_ablations(record: dict) -> dict:
-    """What the fused activation buys (fused over stock) and what dropout costs (both stock), same batches."""
-    (run,) = record["runs"]
-    rate = {
-        key: run[key]["real_tokens_per_s"]
-        for key in ("train", "train_stock_activation", "train_no_backbone_dropout")
-        if key in run
-    }
-    row = {}
-    if "train_stock_activation" in rate:
-        row["fused_activation_speedup"] = rate["train"] / rate["train_stock_activation"]
-        if "train_no_backbone_dropout" in rate:
-            row["backbone_dropout_off_speedup"] = rate["train_no_backbone_dropout"] / rate["train_stock_activation"]
-    return {run["variant"]: row}
-
-
-def readme_section(out: Path) -> str:
-    """The README block from the main record beside `out` and, when there is one, its ablations record."""
-    stem = out.stem.removesuffix("-ablations")
-    main_path, ablations_path = out.with_name(f"{stem}.json"), out.with_name(f"{stem}-ablations.json")
-    if not main_path.is_file():
-        raise SystemExit(f"No {main_path}: run the main benchmark (without --ablations) before writing the README block.")
-    ablations = json.loads(ablations_path.read_text()) if ablations_path.is_file() else None
-    return throughput_section(json.loads(main_path.read_text()), ablations)
-
-
 def plot(record: dict):
     """Real tokens per second, training and evaluation, per variant and pipeline, with the ratio on top."""
     import matplotlib.pyplot as plt
@@ -616,11 +535,8 @@ def plot(record: dict):
     return fig
 
 
-def throughput_section(record: dict, ablations: dict | None = None) -> str:
-    """Markdown: the throughput benchmark's record as a table (both pipelines, their ratio) with its command.
-
-    `ablations`, a record of `bench/throughput.py --ablations`, adds what two recipe choices cost.
-    """
+def throughput_section(record: dict) -> str:
+    """Markdown: the throughput benchmark's record as a table (both pipelines, their ratio) with its command."""
     s = record["settings"]
     device = record["device"]
     where = f"{device['name']} ({device.get('cores', device.get('count'))} {'cores' if device['type'] == 'cpu' else 'GPUs'})"
@@ -655,15 +571,6 @@ def throughput_section(record: dict, ablations: dict | None = None) -> str:
                     f"{label[:1].upper()}{label[1:]} over {epochs} epochs (one frozen pass, then the head on cached features): "
                     f"x{value:.1f}."
                 )
-    for key, what in (
-        ("fused_activation_speedup", "The fused GELU (the same function as GPT-2's stock `gelu_new`; the project's default), "
-         "training on the same batches"),
-        ("backbone_dropout_off_speedup", "The frozen model's dropout off (same batches, stock GELU in both); not the default, "
-         "its accuracy effect is unmeasured here (no pretrained GPT-2)"),
-    ):  # fmt: skip
-        speedups = {v: row[key] for v, row in (ablations or {}).get("summary", {}).items() if key in row}
-        if speedups:
-            notes.append(f"{what}: " + ", ".join(f"{label_of(v)} x{x:.2f}" for v, x in speedups.items()) + ".")
     if all(r.get("eval", {}).get("paired") for r in record["runs"]):
         notes.append(
             "Evaluation: both pipelines timed in one process, alternating batch by batch (machine drift cancels); "
@@ -677,10 +584,7 @@ def throughput_section(record: dict, ablations: dict | None = None) -> str:
             f"Tokenizing all {tok['reviews']:,} reviews: {tok['cold_seconds']:.0f} s ({tok['cold_reviews_per_s']:,.0f} reviews/s); "
             f"a re-run finds the datasets cache: {tok['cached_seconds']:.1f} s."
         )
-    reproduce = f"Reproduce: `{record['command']}`" + (
-        f", then `{ablations['command']}` ({ablations['created'][:10]})" if ablations else ""
-    )
-    lines += ["", *notes, "", reproduce]
+    lines += ["", *notes, "", f"Reproduce: `{record['command']}` ({record['total_seconds'] / 60:.0f} min)."]
     return "\n".join(lines)
 
 
@@ -698,13 +602,12 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     record = run_all(args, argv)
     record["total_seconds"] = time.perf_counter() - started
-    out = Path(args.out or f"results/throughput/{record['device']['type']}{'-ablations' if args.ablations else ''}.json")
+    out = Path(args.out or f"results/throughput/{record['device']['type']}.json")
     recording.write_json_atomic(record, out)
-    if not args.ablations:
-        plot(record).savefig(out.with_suffix(".png"), dpi=120)
-    print(json.dumps(record["summary"], indent=1) if args.ablations else throughput_section(record))
+    plot(record).savefig(out.with_suffix(".png"), dpi=120)
+    print(throughput_section(record))
     if args.readme:
-        report.replace_block(args.readme, "throughput", readme_section(out))
+        report.replace_block(args.readme, "throughput", throughput_section(record))
     print(f"wrote {out} in {record['total_seconds'] / 60:.1f} min")
     return 0
 

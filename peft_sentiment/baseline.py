@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from peft_sentiment.data import strip_markup
-from peft_sentiment.hardware import device_info
 from peft_sentiment.metrics import accuracy_interval, classification_metrics
-from peft_sentiment.recording import PeakMemory, library_versions
+from peft_sentiment.recording import PeakMemory, provenance
 
 
 def train_tfidf_baseline(splits, seed: int, cs=(0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)) -> dict:
@@ -40,7 +37,5 @@ def train_tfidf_baseline(splits, seed: int, cs=(0.3, 1.0, 3.0, 10.0, 30.0, 100.0
         "peak_memory_bytes": {"train": training.peak_bytes, "eval": evaluation.peak_bytes},
         "train_memory_rise_bytes": training.rise_bytes,  # its features and models: the process's memory is not its own
         "memory_measure": training.describe(),
-        "versions": library_versions(),
-        "device": device_info(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **provenance(),
     }

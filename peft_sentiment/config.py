@@ -159,15 +159,15 @@ CPU = dataclasses.replace(
     train_batch_size=8,  # 157 steps from 1,250 reviews
     eval_batch_size=32,
     head_epochs=20,  # cached: 20 epochs of a 576x2 head cost under a second
-    lr_lora=5e-4,  # short run (~150 steps): the upper end of the usual range; bench/sweep: 2e-4 and 1e-3 no better
+    lr_lora=5e-4,  # short run (~150 steps): the upper end of the usual range; a validation sweep (dcabbcb): 2e-4 and 1e-3 no better
     lr_full=5e-5,  # short run: the upper end of the usual range, as for LoRA (not yet swept)
     # validation at a third, two thirds and the end of each run: the learning curves' points, for about 6 more minutes
     # (one LoRA validation pass of 200 reviews took 121 s in fp32 here, about half that in bf16)
     evals_per_run=3,
     checkpoint_every=0.25,
-    lora_r=8,  # rank 16 no better on validation: LoRA (bench/sweep), NF4 LoRA 86.9 vs 87.3% (results/nf4/r16.json)
+    lora_r=8,  # rank 16 no better on validation: LoRA (sweep, dcabbcb), NF4 LoRA 86.9 vs 87.3% (results/nf4/r16.json)
     # Off: drawing LoRA's dropout masks (7 per layer) was 20% of a training step on this CPU
-    # (torch.profiler), and without it validation accuracy held (bench/sweep, docs/benchmarks.md).
+    # (torch.profiler), and without it validation accuracy held (sweep, dcabbcb; docs/benchmarks.md).
     lora_dropout=0.0,
     # fp32 on this CPU (no native bf16: bf16 compute ran at half the speed); under bf16 autocast
     # (precision auto on a CPU with AVX512-BF16) the dequantized matmuls run in bf16 all the same

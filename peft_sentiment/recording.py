@@ -54,6 +54,11 @@ def training_memory_bytes(record: dict) -> int | None:
     return None if rise is None else record.get("model_bytes", 0) + rise
 
 
+def provenance() -> dict:
+    """What every record says of where and when it was made: the device, the libraries' versions, the time."""
+    return {"device": device_info(), "versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
 def library_versions() -> dict[str, str]:
     """Installed versions of the stack, for the record."""
     versions = {"python": platform.python_version()}
@@ -191,7 +196,7 @@ class PeakMemory:
 
     The Trainer's own memory metrics are deltas since each stage began, so they leave out the weights
     loaded before `train()`: where NF4 saves memory. RSS includes them. `read`, a function returning
-    bytes, is sampled instead, on any device (bench/memory: malloc's live bytes). `start_bytes` is the
+    bytes, is sampled instead, on any device (the tests give it their own values). `start_bytes` is the
     value on entry, which the peak includes.
     """
 

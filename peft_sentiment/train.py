@@ -21,10 +21,10 @@ from transformers.trainer_utils import get_last_checkpoint
 from peft_sentiment.config import Config, config_to_dict
 from peft_sentiment.data import class_names, describe_draw
 from peft_sentiment.features import FeatureHead, feature_dataset, length_order, split_features
-from peft_sentiment.hardware import autocast, describe_precision, device_info, on_gpu, resolve_precision
+from peft_sentiment.hardware import autocast, describe_precision, on_gpu, resolve_precision
 from peft_sentiment.metrics import accuracy_interval, compute_metrics, recorded_predictions, softmax
 from peft_sentiment.models import check_trainable, count_parameters, nf4_kernel
-from peft_sentiment.recording import PeakMemory, library_versions, read_json, write_json_atomic
+from peft_sentiment.recording import PeakMemory, provenance, read_json, write_json_atomic
 
 
 class EvaluateAtEnd(TrainerCallback):
@@ -76,11 +76,6 @@ def make_training_args(cfg: Config, variant, **overrides) -> TrainingArguments:
 def on_cached_features(cfg: Config, variant) -> bool:
     """True when the variant trains its head alone on features computed once (`train_head_on_features`)."""
     return variant.trains == "head" and cfg.head_on_cached_features
-
-
-def training_args_of(cfg: Config, variant) -> TrainingArguments:
-    """The arguments the variant's training really runs with: `fit_head`'s for head-only on cached features."""
-    return head_training_args(cfg, variant) if on_cached_features(cfg, variant) else make_training_args(cfg, variant)
 
 
 def head_training_args(cfg: Config, variant) -> TrainingArguments:
@@ -366,11 +361,9 @@ def train_variant(cfg: Config, variant, model, tokenizer, splits, resume: bool =
         "precision_chosen": describe_precision(cfg.precision),  # what `auto` picked on this machine, and why
         "nf4_kernel": nf4_kernel(model),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),  # sdpa, eager, ...
-        "versions": library_versions(),
-        "device": device_info(),
+        **provenance(),
         "params": count_parameters(model),
         "model_bytes": int(model.get_memory_footprint()),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **result,
         # what the analysis plots need beside the predictions (plots.plot_analysis)
         "test_labels": [int(x) for x in splits["test"]["label"]],

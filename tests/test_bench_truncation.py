@@ -1,9 +1,13 @@
 """bench/truncation.py on the toy data: every setting scored on the same carved validation reviews, never the test set."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import bench_sets, load_bench
+
+from peft_sentiment import data, train
+from peft_sentiment.config import make_config, parse_overrides
 
 
 def test_settings_are_scored_on_the_same_unused_training_reviews(toy_imdb_dir, tmp_path):
@@ -18,9 +22,9 @@ def test_settings_are_scored_on_the_same_unused_training_reviews(toy_imdb_dir, t
         low, high = setting["all"]["ci95"]
         assert low <= setting["all"]["accuracy"] <= high
     # the validation reviews are training reviews outside the profile's own train and validation subsets
-    cfg = bench.make_config("smoke", **bench.parse_overrides(sets))
-    carved = bench.carve_validation(cfg, 32)
-    profile = bench.data.prepare_splits(cfg, bench.data.load_splits(cfg))
+    cfg = make_config("smoke", **parse_overrides(sets))
+    carved = load_bench("validation").carve_validation(cfg, 32)
+    profile = data.prepare_splits(cfg, data.load_splits(cfg))
     assert not set(carved["validation"]["text"]) & (set(profile["train"]["text"]) | set(profile["validation"]["text"]))
     assert carved["train"]["text"] == profile["train"]["text"] and len(carved["test"]) == 0
     assert record["validation_labels"] == list(carved["validation"]["label"])
@@ -65,7 +69,7 @@ def test_lora_records_each_setting_as_it_finishes_and_resumes_after_a_crash(toy_
     bench = load_bench("truncation")
     sets = bench_sets(toy_imdb_dir, tmp_path, train_size=32)
     argv = ["--profile", "smoke", "--variant", "lora", "--settings", "head", "head+tail", "--val-size", "24", "--set", *sets]
-    real_fit, trained = bench.train.fit, []
+    real_fit, trained = train.fit, []
 
     def fit_then_crash_on_the_second(trainer, cfg, resume=False):
         trained.append(trainer.args.output_dir)
@@ -73,7 +77,7 @@ def test_lora_records_each_setting_as_it_finishes_and_resumes_after_a_crash(toy_
             raise KeyboardInterrupt  # the run is stopped while training the second setting
         return real_fit(trainer, cfg, resume)
 
-    monkeypatch.setattr(bench.train, "fit", fit_then_crash_on_the_second)
+    monkeypatch.setattr(train, "fit", fit_then_crash_on_the_second)
     with pytest.raises(KeyboardInterrupt):
         bench.main(argv)
     path = tmp_path / "records" / "truncation" / "lora.json"
@@ -81,9 +85,7 @@ def test_lora_records_each_setting_as_it_finishes_and_resumes_after_a_crash(toy_
     assert list(partial["settings"]) == ["head"]  # the finished setting is on disk
 
     trained.clear()
-    monkeypatch.setattr(
-        bench.train, "fit", lambda trainer, cfg, resume=False: trained.append(resume) or real_fit(trainer, cfg, resume)
-    )
+    monkeypatch.setattr(train, "fit", lambda trainer, cfg, resume=False: trained.append(resume) or real_fit(trainer, cfg, resume))
     assert bench.main([*argv, "--resume"]) == 0
     record = json.loads(path.read_text())
     assert list(record["settings"]) == ["head", "head+tail"]
@@ -122,10 +124,9 @@ def test_lora_records_each_setting_as_it_finishes_and_resumes_after_a_crash(toy_
 
 def test_the_committed_tables_are_the_ones_the_committed_records_give(monkeypatch):
     from peft_sentiment import report
-    from peft_sentiment.config import make_config
 
     bench = load_bench("truncation")
-    root = bench.Path(bench.__file__).resolve().parents[1]
+    root = Path(bench.__file__).resolve().parents[1]
     monkeypatch.chdir(root)  # links in the blocks are resolved from the repository's root, as the report writes them
     records = bench.read_records(root / "results" / "cpu" / "truncation")
     expected = {

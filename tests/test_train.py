@@ -265,12 +265,11 @@ def test_memory_split_separates_4bit_storage_from_checkpointing(toy_cfg, tiny_mo
     assert probes["NF4 LoRA"].is_activation_checkpointing and not probes["LoRA"].is_activation_checkpointing
 
 
-def test_head_only_on_cached_features_shows_the_arguments_it_trains_with(toy_cfg):
-    head = train.training_args_of(toy_cfg, HEAD)
+def test_head_only_on_cached_features_trains_with_its_own_arguments(toy_cfg):
+    head = train.head_training_args(toy_cfg, HEAD)
     assert head.num_train_epochs == toy_cfg.head_epochs and head.save_strategy == "no"
-    assert train.training_args_of(toy_cfg, LORA).num_train_epochs == toy_cfg.epochs
-    through_model = dataclasses.replace(toy_cfg, head_on_cached_features=False)
-    assert train.training_args_of(through_model, HEAD).num_train_epochs == toy_cfg.epochs
+    assert train.on_cached_features(toy_cfg, HEAD) and not train.on_cached_features(toy_cfg, LORA)
+    assert not train.on_cached_features(dataclasses.replace(toy_cfg, head_on_cached_features=False), HEAD)
 
 
 def test_early_stopping_keeps_the_best_validation_pass_within_the_cap(
