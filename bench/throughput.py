@@ -50,7 +50,7 @@ from harness import page_in_weights, run_in_worker
 from transformers import AutoConfig, TrainerCallback
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
-from peft_sentiment import catalog, data, features, models, recording, report, train
+from peft_sentiment import catalog, data, features, hardware, models, recording, report, train
 from peft_sentiment.config import make_config
 from peft_sentiment.pipeline import prepare_data
 from peft_sentiment.variants import VARIANTS, get_variant, label_of
@@ -141,7 +141,7 @@ def worker_config(args):
         train_batch_size=args.batch,
         eval_batch_size=args.eval_batch,
         head_epochs=args.head_epochs,
-        nf4_compute_dtype="bfloat16" if torch.cuda.is_available() else "float32",  # this CPU has no fast bf16
+        nf4_compute_dtype="bfloat16" if torch.cuda.is_available() else "float32",  # as the cpu profile
         work_dir=tempfile.mkdtemp(prefix="throughput-"),
         records_dir=tempfile.mkdtemp(prefix="throughput-records-"),
     )
@@ -427,8 +427,10 @@ def tokenize_all(args, out: str) -> None:
 
 
 def run_all(args, argv) -> dict:
-    peak = cost.measure_matmul_peak()
-    print(f"matmul peak (2048 x 2048 fp32): {peak / 1e9:.1f} GFLOP/s", flush=True)
+    # MFU's denominator in the dtype the runs' matmuls compute in (bf16 autocast where the hardware has it natively)
+    dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(hardware.resolve_precision("auto"), "float32")
+    peak = cost.measure_matmul_peak(dtype=getattr(torch, dtype))
+    print(f"matmul peak (2048 x 2048 {dtype}): {peak / 1e9:.1f} GFLOP/s", flush=True)
     record = {
         "command": "python " + shlex.join(["bench/throughput.py", *argv]),
         **recording.provenance(),
@@ -436,6 +438,7 @@ def run_all(args, argv) -> dict:
         "model": args.model,
         "settings": {k: v for k, v in vars(args).items() if k not in ("worker", "out")},
         "matmul_peak_flops": peak,
+        "matmul_peak_dtype": dtype,
         "runs": [],
     }
     if not args.skip_tokenization:
@@ -455,7 +458,7 @@ def run_all(args, argv) -> dict:
         evaluation = f", eval {run['eval']['real_tokens_per_s']:.0f} (baseline's too)" if "eval" in run else ""
         print(f"{variant} {pipeline}: train {run['train']['real_tokens_per_s']:.0f} real tok/s{evaluation}", flush=True)
     record["summary"] = summarize(record)
-    record["matmul_peak_flops_after"] = cost.measure_matmul_peak()  # the machine did not change speed meanwhile
+    record["matmul_peak_flops_after"] = cost.measure_matmul_peak(dtype=getattr(torch, dtype))  # no change of speed meanwhile
     return record
 
 
@@ -543,7 +546,8 @@ def throughput_section(record: dict) -> str:
     lines = [
         f"**`{record['model']}`, max length {s['max_length']}, batch {s['batch']} (training) / {s['eval_batch']} "
         f"(evaluation), on {where}, {record['created'][:10]}.** Matmul peak measured in the same run: "
-        f"{record['matmul_peak_flops'] / 1e9:.0f} GFLOP/s (fp32, 2048 x 2048). Peak memory: "
+        f"{record['matmul_peak_flops'] / 1e9:.0f} GFLOP/s ({record.get('matmul_peak_dtype', 'float32')}, 2048 x 2048, the "
+        "runs' matmul dtype). Peak memory: "
         f"{'process RSS' if device['type'] == 'cpu' else 'the CUDA allocator peak'}.",
         "",
         "| variant | pipeline | train tokens/s (real / padded) | eval tokens/s (real / padded) | train MFU | eval MFU "
