@@ -176,7 +176,8 @@ CPU = dataclasses.replace(
     # the head reads 60% as far as rounding every layer (results/nf4/rounding.json). On validation NF4 LoRA then scores
     # 88.2% against 87.3% (24 vs 15 reviews, p 0.2) and LoRA's 88.9% (16 vs 23, p 0.34: the gap no longer resolved),
     # at 23% of fp32's weight bytes against 21% (results/nf4/skip_v_proj.json, footprint.json). The list replaces
-    # transformers' default skips, so it names the head too. Double quantization off is not yet measured.
+    # transformers' default skips, so it names the head too. Double quantization off scored 87.3%, as with it: kept on
+    # (results/nf4/no_double_quant.json).
     nf4_skip_modules=("v_proj", "score"),
     records_dir="results/cpu",
     work_dir="runs/cpu",

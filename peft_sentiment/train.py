@@ -23,7 +23,7 @@ from peft_sentiment.data import class_names, describe_draw
 from peft_sentiment.features import FeatureHead, feature_dataset, length_order, split_features
 from peft_sentiment.hardware import autocast, describe_precision, on_gpu, resolve_precision
 from peft_sentiment.metrics import accuracy_interval, compute_metrics, recorded_predictions, softmax
-from peft_sentiment.models import check_trainable, count_parameters, nf4_kernel
+from peft_sentiment.models import check_trainable, count_parameters, layers_4bit, nf4_kernel
 from peft_sentiment.recording import PeakMemory, provenance, read_json, write_json_atomic
 
 
@@ -170,6 +170,9 @@ def memory_split(models: dict, batch: dict, precision: str = "fp32") -> list[dic
     """
     rows = []
     for label, model in models.items():
+        if on_gpu() and not layers_4bit(model):  # a 4-bit model loads onto the GPU; an fp32 one is moved there
+            model.to("cuda")
+        batch = {k: v.to(model.device) for k, v in batch.items()}
         was_on = model.is_activation_checkpointing
         model.config.use_cache = False  # a generation cache is useless here, and incompatible with checkpointing
         for on in (False, True):
