@@ -13,7 +13,7 @@ from peft_sentiment.metrics import (
     reliability,
 )
 from peft_sentiment.recording import recorded_test_split, training_memory_bytes
-from peft_sentiment.variants import VARIANTS, label_of
+from peft_sentiment.variants import compared_pairs, label_of
 
 
 def plot_token_lengths(n_tokens, max_length: int):
@@ -138,9 +138,7 @@ def plot_disagreements(records: list[dict]):
     exact McNemar p-value: the only reviews that tell two classifiers apart."""
     import matplotlib.pyplot as plt
 
-    by_name = {r["variant"]: r for r in records}
-    pairs = [(r, by_name[VARIANTS[r["variant"]].compared_with]) for r in records
-             if r["variant"] in VARIANTS and VARIANTS[r["variant"]].compared_with in by_name]  # fmt: skip
+    pairs = compared_pairs(records)
     fig, ax = plt.subplots(figsize=(8, 0.8 + 0.7 * max(len(pairs), 1)))
     for i, (a, b) in enumerate(pairs):
         d = paired_difference(a["test_labels"], a["predictions"], b["predictions"])

@@ -19,7 +19,7 @@ from peft_sentiment.recording import (
     recorded_test_split,
     training_memory_bytes,
 )
-from peft_sentiment.variants import VARIANTS, label_of
+from peft_sentiment.variants import VARIANTS, compared_pairs, label_of
 
 
 def compare_variants(records: list[dict]):
@@ -159,11 +159,8 @@ def summarize_results(records: list[dict], baselines: list[dict] = ()) -> str:
             f"  The reference is GPT-2 on all 25,000 test reviews; this run is `{first['model']}` on "
             f"{first['metrics']['test_reviews']:,}: a bar to clear, not a like-for-like comparison."
         )
-    by_name = {r["variant"]: r for r in records}
-    for r in records:  # each variant against the one its declaration compares it with
-        other = VARIANTS[r["variant"]].compared_with if r["variant"] in VARIANTS else None
-        if other in by_name:
-            lines.append(paired_line(first["test_labels"], r, by_name[other]))
+    for r, other in compared_pairs(records):  # each variant against the one its declaration compares it with
+        lines.append(paired_line(first["test_labels"], r, other))
     for b in baselines:
         beaten = [label_of(r["variant"]) for r in records if r["metrics"]["accuracy_ci95"][0] > b["metrics"]["accuracy"]]
         verdict = (
@@ -337,7 +334,10 @@ def expected_minutes(estimate: dict | str, chosen: dict) -> str:
         return estimate
     lines = ["| variant | training | evaluation | in all |", "|---|---|---|---|"]
     for name, variant in chosen.items():
-        train_s, eval_s = estimate.get(name, (float("nan"),) * 2)
+        if name not in estimate:
+            lines.append(f"| {variant.label} | not measured | | |")
+            continue
+        train_s, eval_s = estimate[name]
         lines.append(f"| {variant.label} | {train_s / 60:.0f} min | {eval_s / 60:.0f} min | {(train_s + eval_s) / 60:.0f} min |")
     total = sum(sum(v) for k, v in estimate.items() if k in chosen)
     return "\n".join([f"**Before you run the next cell**: about {total / 60:.0f} min on a CPU like the one the rates were "

@@ -63,6 +63,13 @@ def variants_to_run(cfg: Config) -> dict[str, Variant]:
     return {name: variant for name, variant in VARIANTS.items() if name in chosen}
 
 
+def compared_pairs(records: list[dict]) -> list[tuple[dict, dict]]:
+    """(record, record of the variant its declaration compares it with), for each record whose partner is among them."""
+    by_name = {r["variant"]: r for r in records}
+    partner = {r["variant"]: VARIANTS[r["variant"]].compared_with for r in records if r["variant"] in VARIANTS}
+    return [(r, by_name[partner[r["variant"]]]) for r in records if partner.get(r["variant"]) in by_name]
+
+
 def label_of(name: str) -> str:
     """A variant's label for tables and plots; a record of a variant not declared here keeps its name."""
     return VARIANTS[name].label if name in VARIANTS else name

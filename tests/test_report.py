@@ -227,6 +227,8 @@ def test_expected_minutes_come_from_token_counts_and_measured_rates(tmp_path, re
     # head-only: one frozen pass over 19,200 tokens at 200/s = 1.6 min; LoRA: 6,000 / 100 = 1 min + 13,200 / 200 = 1.1 min
     assert "| head-only | 0 min | 2 min | 2 min |" in text and "| LoRA | 1 min | 1 min | 2 min |" in text
     assert "about 4 min on a CPU like the one the rates were measured on (Test CPU, 2 cores, 2026-12-03)" in text
+    unmeasured = {k: v for k, v in estimate.items() if k != "head_only"}  # rates measured for LoRA alone
+    assert "| head-only | not measured | | |" in report.expected_minutes(unmeasured, chosen)
     took = [{"variant": "head_only", "train_seconds": 90.0, "eval_seconds": 6.0},
             {"variant": "lora", "train_seconds": 60.0, "eval_seconds": 66.0}]  # fmt: skip
     assert report.compare_with_estimate(estimate, took).startswith(
