@@ -21,7 +21,7 @@ from pathlib import Path
 from peft_sentiment import data, plots, recording, report
 from peft_sentiment.baseline import train_tfidf_baseline
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides
-from peft_sentiment.pipeline import run_training
+from peft_sentiment.experiment import run_training
 from peft_sentiment.variants import VARIANTS, variants_to_run
 
 

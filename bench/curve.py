@@ -32,7 +32,7 @@ from validation import frozen_features, head_probabilities, resumable, scores, t
 
 from peft_sentiment import data, hardware, metrics, models, recording, report  # noqa: E402
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides  # noqa: E402
-from peft_sentiment.pipeline import prepare_data  # noqa: E402
+from peft_sentiment.experiment import prepare_data  # noqa: E402
 from peft_sentiment.variants import VARIANTS, get_variant, label_of  # noqa: E402
 
 

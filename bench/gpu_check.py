@@ -29,7 +29,7 @@ import torch
 
 from peft_sentiment import data, hardware, models, recording
 from peft_sentiment.config import config_to_dict, make_config
-from peft_sentiment.pipeline import prepare_data, run_training  # the one pipeline
+from peft_sentiment.experiment import prepare_data, run_training  # the one pipeline
 from peft_sentiment.variants import VARIANTS, get_variant, label_of
 
 # Settings. GPU: bf16 (NF4 computes in bfloat16) and ~6.5 min of training and evaluation at the rates below

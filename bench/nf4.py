@@ -27,7 +27,7 @@ from validation import carve_validation, run, same_reviews
 
 from peft_sentiment import catalog, features, hardware, metrics, models, recording, report
 from peft_sentiment.config import make_config
-from peft_sentiment.pipeline import prepare_data
+from peft_sentiment.experiment import prepare_data
 from peft_sentiment.variants import Variant, declare, label_of
 
 FOLDER = Path("results/nf4")

@@ -29,7 +29,7 @@ from validation import carve_validation
 
 from peft_sentiment import hardware, metrics, models, recording, report, train
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides
-from peft_sentiment.pipeline import prepare_data
+from peft_sentiment.experiment import prepare_data
 from peft_sentiment.variants import VARIANTS, get_variant, label_of
 
 PRECISIONS = ("fp32", "bf16")

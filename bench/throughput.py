@@ -52,7 +52,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from peft_sentiment import catalog, data, features, hardware, models, recording, report, train
 from peft_sentiment.config import make_config
-from peft_sentiment.pipeline import prepare_data
+from peft_sentiment.experiment import prepare_data
 from peft_sentiment.variants import VARIANTS, get_variant, label_of
 
 PIPELINES = ("baseline", "project")

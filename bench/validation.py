@@ -16,7 +16,7 @@ from harness import what_else_ran
 
 from peft_sentiment import data, features, hardware, metrics, models, recording, train
 from peft_sentiment.config import config_to_dict, make_config, parse_overrides
-from peft_sentiment.pipeline import prepare_data
+from peft_sentiment.experiment import prepare_data
 from peft_sentiment.variants import get_variant
 
 # name -> what the setting changes in the profile ("head" is the reference of the comparison)

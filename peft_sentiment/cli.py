@@ -13,7 +13,7 @@ from pathlib import Path
 
 from peft_sentiment import hardware, inference, plots, recording, report
 from peft_sentiment.config import PROFILE_COSTS, PROFILE_ENV, PROFILES, choose_profile, make_config, parse_overrides
-from peft_sentiment.pipeline import evaluate_adapter, run_training
+from peft_sentiment.experiment import evaluate_adapter, run_training
 from peft_sentiment.variants import VARIANTS
 
 EXAMPLES = """examples:

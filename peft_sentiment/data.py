@@ -15,47 +15,32 @@ from datasets import ClassLabel, Dataset, DatasetDict, load_dataset
 from peft_sentiment.config import DATA_DIR_ENV, IMDB, TRUNCATIONS, Config
 
 SPLITS = ("train", "validation", "test")  # validation is optional: carved from train when the data has none
-FORMATS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}  # file suffix: datasets' builder
 
 
 def load_splits(cfg: Config) -> DatasetDict:
     """The dataset `cfg` names, checked, as `text` and an integer `label` with its class names (bad data: ValueError)."""
     source = cfg.data_dir or cfg.dataset
-    if Path(source).expanduser().is_dir():
-        raw = load_local(Path(source).expanduser())
-    else:
-        try:
-            raw = load_dataset(source)
-        except Exception as err:  # offline, DNS, proxy, a typo: all look different, all mean "not loadable here"
-            hint = f" or set {DATA_DIR_ENV} to a local copy" if cfg.dataset == IMDB else ""
-            raise ValueError(
-                f"Dataset {source!r} could not be loaded ({type(err).__name__}: {str(err)[:200]}). Give a Hub id that is "
-                f"reachable, or a folder holding train and test files (CSV, JSON Lines or parquet){hint}."
-            ) from err
+    folder = Path(source).expanduser()
+    try:
+        # a folder: datasets finds the train/test/validation files by their names, in any one format it reads
+        raw = load_dataset(str(folder) if folder.is_dir() else source)
+    except Exception as err:  # offline, a typo, a damaged file, mixed formats: each raises its own error
+        cause = err.__cause__ or err  # datasets wraps the parser's own message, which says what is wrong
+        if folder.is_dir():
+            raise ValueError(f"Could not read the data files in {folder} ({type(cause).__name__}: {str(cause)[:300]}).") from err
+        hint = f" or set {DATA_DIR_ENV} to a local copy" if cfg.dataset == IMDB else ""
+        raise ValueError(
+            f"Dataset {source!r} could not be loaded ({type(err).__name__}: {str(err)[:200]}). Give a Hub id that is "
+            f"reachable, or a folder holding train and test files (CSV, JSON Lines or parquet){hint}."
+        ) from err
     missing = [s for s in ("train", "test") if s not in raw]
     if missing:
-        raise ValueError(f"Dataset {source!r} has splits {list(raw)} but no {missing}: it needs train and test.")
-    return check_splits(DatasetDict({s: raw[s] for s in SPLITS if s in raw}), cfg.text_column, cfg.label_column)
-
-
-def load_local(folder: Path) -> DatasetDict:
-    """train/test (and validation, if there) files of one format in `folder`, through `load_dataset(format, data_files=...)`."""
-    files = {s: sorted(p for p in folder.glob(f"{s}.*") if p.suffix in FORMATS) for s in SPLITS}
-    if not files["train"] or not files["test"]:
-        found = sorted(p.name for p in folder.iterdir())[:10]
+        holds = f"; it holds {sorted(p.name for p in folder.iterdir())[:10]}" if folder.is_dir() else ""
         raise ValueError(
-            f"{folder} must hold a train and a test file ({', '.join('train' + s for s in FORMATS)}, and likewise test); "
-            f"it holds {found}."
+            f"{source} must hold a train and a test file (train.csv, train.jsonl or train.parquet, and likewise test); "
+            f"it has splits {list(raw)} but no {missing}{holds}."
         )
-    builders = {FORMATS[p.suffix] for paths in files.values() for p in paths}
-    if len(builders) > 1:
-        raise ValueError(f"{folder} mixes file formats ({sorted(builders)}): give every split in one format.")
-    data_files = {s: [str(p) for p in paths] for s, paths in files.items() if paths}
-    try:
-        return load_dataset(builders.pop(), data_files=data_files)
-    except Exception as err:  # pyarrow, pandas and datasets each raise their own error for a damaged file
-        cause = err.__cause__ or err  # datasets wraps the parser's own message, which says what is wrong
-        raise ValueError(f"Could not read the data files in {folder} ({type(cause).__name__}: {str(cause)[:300]}).") from err
+    return check_splits(DatasetDict({s: raw[s] for s in SPLITS if s in raw}), cfg.text_column, cfg.label_column)
 
 
 def check_splits(raw: DatasetDict, text_column: str, label_column: str) -> DatasetDict:
@@ -77,7 +62,7 @@ def check_splits(raw: DatasetDict, text_column: str, label_column: str) -> Datas
     feature = raw["train"].features[label_column]
     if isinstance(feature, ClassLabel):
         names, index = list(feature.names), {i: i for i in range(len(feature.names))}
-    else:
+    else:  # not Dataset.class_encode_column: it sorts integers as text (10 before 2) and encodes each split on its own
         values = raw_label_values(raw["train"][label_column])
         names, index = [str(v) for v in values], {v: i for i, v in enumerate(values)}
     if len(set(raw["train"][label_column])) < 2:

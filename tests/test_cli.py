@@ -187,7 +187,7 @@ def test_the_full_profile_runs_on_the_tiny_model(toy_imdb_dir, tmp_path):
     """
     from peft_sentiment import data, inference
     from peft_sentiment.config import config_to_dict, make_config
-    from peft_sentiment.pipeline import run_training, save_dir
+    from peft_sentiment.experiment import run_training, save_dir
     from peft_sentiment.variants import VARIANTS
 
     swapped = dict(model_name="tiny-gpt2", data_dir=str(toy_imdb_dir), train_size=128, val_size=32, test_size=32, max_length=32)

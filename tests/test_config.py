@@ -4,7 +4,7 @@ import pytest
 
 from peft_sentiment import config
 from peft_sentiment.config import PROFILES, config_to_dict, make_config, parse_overrides, resolve_profile
-from peft_sentiment.pipeline import save_dir
+from peft_sentiment.experiment import save_dir
 from peft_sentiment.variants import VARIANTS, variants_to_run
 
 

@@ -214,7 +214,7 @@ def test_unreadable_files_and_missing_splits_are_named(suffix, tmp_path):
     no_test.mkdir()
     pd.DataFrame(GOOD).to_csv(no_test / "train.csv", index=False)
     (no_test / "notes.txt").write_text("x")
-    with pytest.raises(ValueError, match=r"must hold a train and a test file .*it holds \['notes.txt', 'train.csv'\]"):
+    with pytest.raises(ValueError, match=r"must hold a train and a test file .* it holds \['notes.txt', 'train.csv'\]"):
         data.load_splits(own_data(no_test))
 
 

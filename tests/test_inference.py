@@ -301,17 +301,17 @@ def positive(outputs) -> list[float]:
 def test_full_finetune_saves_a_whole_model_that_reproduces_its_record(precision, toy_cfg, toy_splits, tmp_path):
     import dataclasses
 
-    from peft_sentiment import pipeline
+    from peft_sentiment import experiment
 
     cfg = dataclasses.replace(
         toy_cfg, precision=precision, save_dir=str(tmp_path / "saved"), records_dir=str(tmp_path / "records"),
         work_dir=str(tmp_path / "work"),
     )  # fmt: skip
-    (record,) = pipeline.run_training(cfg, ["full_finetune"], splits=toy_splits)
+    (record,) = experiment.run_training(cfg, ["full_finetune"], splits=toy_splits)
     assert (tmp_path / "records" / "full_finetune.json").is_file()
     assert record["params"]["trainable"] == record["params"]["total"] > 0  # every weight trained
     assert record["precision"] == precision
-    folder = pipeline.save_dir(cfg, VARIANTS["full_finetune"])
+    folder = experiment.save_dir(cfg, VARIANTS["full_finetune"])
     assert folder == tmp_path / "saved" / "saved_full_finetune"
     files = {p.name for p in folder.iterdir()}
     assert {"config.json", "model.safetensors", inference.META_FILE, "tokenizer.json", "README.md"} <= files

@@ -18,7 +18,7 @@ from nbformat.v4 import new_code_cell, new_notebook, new_output
 
 from peft_sentiment import models, recording, report, train
 from peft_sentiment.config import make_config
-from peft_sentiment.pipeline import run_training
+from peft_sentiment.experiment import run_training
 from peft_sentiment.variants import VARIANTS, label_of
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForSequenceClassification
 
-from peft_sentiment import cli, inference, models, pipeline, plots, recording, report, train, variants
+from peft_sentiment import cli, experiment, inference, models, plots, recording, report, train, variants
 from peft_sentiment.variants import VARIANTS, Variant
 
 PACKAGE = Path(variants.__file__).parent
@@ -56,7 +56,7 @@ def test_a_declared_variant_trains_records_and_reports_with_no_other_change(
     cfg = dataclasses.replace(
         toy_cfg, save_dir=str(tmp_path / "saved"), records_dir=str(tmp_path / "records"), work_dir=str(tmp_path / "work")
     )
-    (record,) = pipeline.run_training(cfg, ["toy_rank2"], splits=toy_splits)
+    (record,) = experiment.run_training(cfg, ["toy_rank2"], splits=toy_splits)
     written = json.loads((tmp_path / "records" / "toy_rank2.json").read_text())
     assert written["variant"] == "toy_rank2" and written["predictions"] == record["predictions"]
     m = written["metrics"]
@@ -134,7 +134,7 @@ def test_unknown_names_list_the_declared_ones():
     ):
         variants.get_variant("prefix")
     with pytest.raises(ValueError, match="Valid variants: head_only, lora"):
-        pipeline.run_training(None, ["prefix"])  # before any work: no config is even read
+        experiment.run_training(None, ["prefix"])  # before any work: no config is even read
     assert variants.label_of("nf4_lora") == "NF4 LoRA" and variants.label_of("retired_variant") == "retired_variant"
 
 

@@ -1,7 +1,7 @@
 """One experiment, end to end: data, models, each variant trained, evaluated, recorded and saved.
 
 The notebook narrates these steps; the CLI, bench/accuracy.py and bench/gpu_check.py call them here,
-so a change to the pipeline is made once.
+so a change to the experiment is made once.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def save_variant(cfg: Config, variant, model, prepared: Prepared, record: dict |
 
 
 def run_training(cfg: Config, variants=None, *, resume: bool = False, command: str | None = None, splits=None) -> list[dict]:
-    """The notebook's pipeline without the narration: data, model, each variant trained, recorded, saved.
+    """The notebook's experiment without the narration: data, model, each variant trained, recorded, saved.
 
     `variants` names the variants to run; None = the config's (`cfg.variants`: all of them unless the profile says).
 
