@@ -1,21 +1,21 @@
-"""bench/precision.py on the toy data: each variant in fp32 and bf16 on the same carved validation reviews."""
+"""bench/precision.py on the toy data: two variants in fp32 and bf16 on the same carved validation reviews."""
 
 import json
 
 import pytest
 from conftest import bench_sets, load_bench
 
-from peft_sentiment.variants import VARIANTS
 
-
-def test_each_variant_runs_in_both_precisions_on_the_same_reviews(toy_imdb_dir, tmp_path):
+def test_variants_run_in_both_precisions_on_the_same_reviews(toy_imdb_dir, tmp_path):
     bench = load_bench("precision")
     sets = [*bench_sets(toy_imdb_dir, tmp_path, train_size=64, head_epochs=2), f"save_dir='{tmp_path}'"]
     out = tmp_path / "precision.json"
-    argv = ["--profile", "smoke", "--train-size", "32", "--val-size", "24", "--out", str(out), "--set", *sets]
+    chosen = ["head_only", "nf4_lora"]  # its two ways to train: a head on frozen features, and the Trainer (4-bit here)
+    argv = ["--profile", "smoke", "--train-size", "32", "--val-size", "24", "--out", str(out), "--variants", *chosen]
+    argv += ["--set", *sets]
     assert bench.main(argv) == 0
     record = json.loads(out.read_text())
-    assert list(record["variants"]) == list(VARIANTS) and record["train_reviews"] == 32
+    assert list(record["variants"]) == chosen and record["train_reviews"] == 32
     assert len(record["validation_labels"]) == 24 and record["validation"]["source"].startswith("training reviews")
     for runs in record["variants"].values():
         assert (runs["fp32"]["precision"], runs["bf16"]["precision"]) == ("fp32", "bf16")
@@ -25,11 +25,11 @@ def test_each_variant_runs_in_both_precisions_on_the_same_reviews(toy_imdb_dir, 
         c = runs["comparison"]
         assert c["train_speedup"] == runs["bf16"]["train_tokens_per_s"] / runs["fp32"]["train_tokens_per_s"]
         assert 0 <= c["mcnemar_p"] <= 1 and c["only_fp32_right"] + c["only_bf16_right"] <= 24
-    assert {"at_start", "after lora bf16"} <= set(record["what_else_ran"])
+    assert {"at_start", "after nf4_lora bf16"} <= set(record["what_else_ran"])
     assert "load_average_1_5_15" in record["what_else_ran"]["at_start"]
     # the report is drawn from the record alone, and a resumed run keeps what is recorded
     section = bench.precision_section(record)
-    assert section.count("\n| ") == 1 + len(VARIANTS) and "| full fine-tuning |" in section
+    assert section.count("\n| ") == 1 + len(chosen) and "| NF4 LoRA |" in section
     before = out.read_text()
     assert bench.main([*argv, "--resume"]) == 0
     assert json.loads(out.read_text())["variants"] == json.loads(before)["variants"]

@@ -113,7 +113,8 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
     env = {**os.environ, "PEFT_SENTIMENT_CACHE": str(model_cache)}
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- throughput:start -->\nold\n<!-- throughput:end -->\nrest\n")
-    run = [*cmd, "--skip-tokenization", "--variants", "head_only", "lora", "full_finetune", "--out", str(out)]
+    # two variants, the cheapest and the one that trains every weight: the script treats every variant alike
+    run = [*cmd, "--skip-tokenization", "--variants", "head_only", "full_finetune", "--out", str(out)]
     subprocess.run([*run, "--readme", str(readme)], cwd=ROOT, check=True, timeout=600, env=env)
 
     record = json.loads(out.read_text())
@@ -121,8 +122,6 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
     assert [(r["variant"], r["pipeline"]) for r in record["runs"]] == [
         ("head_only", "baseline"),
         ("head_only", "project"),
-        ("lora", "baseline"),
-        ("lora", "project"),
         ("full_finetune", "baseline"),
         ("full_finetune", "project"),
     ]
@@ -134,21 +133,17 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
             assert 0 < m["model_flops_per_s"] <= m["hardware_flops_per_s"]
         if run["pipeline"] == "baseline":  # every row padded to max_length
             assert run["eval"]["padded_tokens"] == 128 * 32
-    for variant in (
-        "head_only",
-        "lora",
-        "full_finetune",
-    ):  # evaluation timed alternately in one process: the same reviews both ways
+    for variant in ("head_only", "full_finetune"):  # evaluation timed alternately in one process: the same reviews both ways
         base, proj = (
             next(r for r in record["runs"] if r["variant"] == variant and r["pipeline"] == p) for p in ("baseline", "project")
         )
         assert base["eval"]["paired"] and proj["eval"]["paired"] and "eval_baseline" not in proj
         assert base["eval"]["real_tokens"] == proj["eval"]["real_tokens"] and proj["eval"]["padded_tokens"] <= 128 * 32
-    lora = record["summary"]["lora"]
-    assert lora["train_ratio"] == pytest.approx(
-        lora["project"]["train_real_tokens_per_s"] / lora["baseline"]["train_real_tokens_per_s"]
+    summary = record["summary"]["full_finetune"]
+    assert summary["train_ratio"] == pytest.approx(
+        summary["project"]["train_real_tokens_per_s"] / summary["baseline"]["train_real_tokens_per_s"]
     )
-    assert 0 < lora["project"]["train_mfu"] < 1
+    assert 0 < summary["project"]["train_mfu"] < 1
     # every weight trains: the memory check's estimate counts them all, and nothing of the model is frozen
     full = next(r for r in record["runs"] if r["pipeline"] == "project" and r["variant"] == "full_finetune")
     estimate = full["memory_check"]["estimate"]
@@ -156,5 +151,5 @@ def test_throughput_bench_on_a_tiny_model(tmp_path, model_cache):
     assert "train_ratio_over_10_epochs" in record["summary"]["head_only"] and "nf4_bytes_vs_fp32" not in record["summary"]
     text = readme.read_text()  # the block is drawn from the record
     assert "old" not in text and text.startswith("intro") and text.endswith("rest\n")
-    assert f"**x{lora['train_ratio']:.2f}**" in text and record["command"] in text
+    assert f"**x{summary['train_ratio']:.2f}**" in text and record["command"] in text
     assert "alternating batch by batch" in text  # the evaluation ratios are paired, and the block says so

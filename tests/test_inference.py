@@ -9,6 +9,7 @@ from peft_sentiment.hardware import resolve_precision
 from peft_sentiment.variants import VARIANTS
 
 LABELS = ["neg", "pos"]
+ADAPTERS = [name for name, variant in VARIANTS.items() if variant.trains == "adapter"]  # each saves an adapter
 
 
 def perturbed(cfg, variant: str, model_path, tokenizer, labels=LABELS):
@@ -22,18 +23,20 @@ def perturbed(cfg, variant: str, model_path, tokenizer, labels=LABELS):
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, toy_cfg, tiny_model_path, tokenizer, bnb_config):
-    """A LoRA and an NF4 LoRA adapter (with perturbed, non-zero B) saved to disk."""
+def saved(tmp_path_factory, toy_cfg, tiny_model_path, tokenizer):
+    """Each declared adapter variant's adapter (with perturbed, non-zero B) saved to disk: {name: (model, folder)}."""
     folder = tmp_path_factory.mktemp("adapters")
     out = {}
-    for variant, bnb_cfg in (("lora", None), ("nf4_lora", bnb_config)):
-        model = perturbed(toy_cfg, variant, tiny_model_path, tokenizer)
-        meta = inference.trained_meta(toy_cfg, VARIANTS[variant], tiny_model_path, LABELS, bnb_cfg)
-        out[variant] = (model, inference.save_trained(model, tokenizer, folder / variant, meta))
+    for name in ADAPTERS:
+        variant = VARIANTS[name]
+        model = perturbed(toy_cfg, name, tiny_model_path, tokenizer)
+        bnb_config = variant.quantization(toy_cfg) if variant.quantization else None
+        meta = inference.trained_meta(toy_cfg, variant, tiny_model_path, LABELS, bnb_config)
+        out[name] = (model, inference.save_trained(model, tokenizer, folder / name, meta))
     return out
 
 
-@pytest.mark.parametrize("variant", ["lora", "nf4_lora"])
+@pytest.mark.parametrize("variant", ADAPTERS)
 def test_save_load_gives_identical_logits(saved, variant, tokenizer):
     model, folder = saved[variant]
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "peft_sentiment.json", "tokenizer.json"} <= {
@@ -89,7 +92,7 @@ def test_the_card_section_names_hub_bases_data_and_metrics_and_no_machine_path(s
     assert tiny["hub_base_model"].startswith("/") and tiny["hub_base_model"] not in inference.model_card_section(tiny, None)
 
 
-@pytest.mark.parametrize("variant", ["lora", "nf4_lora"])
+@pytest.mark.parametrize("variant", ADAPTERS)
 def test_auto_peft_model_loads_the_adapter_where_its_base_resolves(saved, variant, tokenizer):
     """Without this project: peft's own loader finds the base named in adapter_config.json (here, a local folder)."""
     from peft import AutoPeftModelForSequenceClassification
@@ -98,7 +101,8 @@ def test_auto_peft_model_loads_the_adapter_where_its_base_resolves(saved, varian
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["modules_to_save"] == ["score"]  # the head these models have (peft's default adds `classifier`)
     kwargs = {}
-    if variant == "nf4_lora":
+    quantized = VARIANTS[variant].quantization is not None
+    if quantized:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig.from_dict(inference.check_adapter_dir(folder)["quantization"])
@@ -106,7 +110,7 @@ def test_auto_peft_model_loads_the_adapter_where_its_base_resolves(saved, varian
     ids = tokenizer(["the movie was great"], return_tensors="pt")  # one review: no padding, so no pad id needed
     with torch.no_grad():
         plain_logits, logits = plain(**ids).logits, model(**ids).logits
-    if variant == "lora":  # stock GELU there, the project's fused one here: the same function
+    if not quantized:  # stock GELU there, the project's fused one here: the same function
         torch.testing.assert_close(plain_logits, logits, rtol=1e-5, atol=1e-5)
     else:  # peft's loader keeps the embeddings in fp32, where the project stores NF4's in bf16
         torch.testing.assert_close(plain_logits, logits, rtol=0.1, atol=0.05)
@@ -219,7 +223,7 @@ def test_an_adapter_of_three_classes_reloads_with_their_names(toy_cfg, tiny_mode
     assert all(len(o["probabilities"]) == 3 and o["label"] in names for o in out)
 
 
-@pytest.mark.parametrize("variant", ["lora", "nf4_lora"])
+@pytest.mark.parametrize("variant", ADAPTERS)
 def test_merged_model_predicts_like_the_adapter_and_serves_through_a_pipeline(saved, variant, tmp_path):
     from transformers import pipeline
 
@@ -228,7 +232,8 @@ def test_merged_model_predicts_like_the_adapter_and_serves_through_a_pipeline(sa
     assert (merged / "model.safetensors").is_file() and not (merged / "adapter_config.json").exists()
     texts = ["the movie was great", "a dull and awful plot the end", "fine"]
     served = pipeline("text-classification", model=str(merged), device=-1)(texts)  # no prompt suffix on the toy data
-    reference = model if variant == "lora" else inference.load_adapter(folder, quantized=False)[0]
+    # a merged model is unquantized: its reference is the adapter on the unquantized base
+    reference = inference.load_adapter(folder, quantized=False)[0] if VARIANTS[variant].quantization else model
     expected = inference.predict_reviews(reference, inference.load_tokenizer(folder), texts, 32)
     assert [s["label"] for s in served] == [e["label"] for e in expected]
     assert [s["score"] for s in served] == pytest.approx([e["probability"] for e in expected], abs=1e-5)

@@ -5,6 +5,7 @@ from pathlib import Path
 import bitsandbytes as bnb
 import pytest
 import torch
+from peft import PeftModel
 
 from peft_sentiment import models
 from peft_sentiment.variants import VARIANTS
@@ -39,68 +40,101 @@ def test_lora_targets_every_projection_of_the_architecture_never_the_head(toy_cf
     assert named.target_modules == {"c_attn"}
 
 
-def test_head_only_trains_only_the_head(toy_cfg, tiny_model_path, tokenizer):
-    model = build("head_only", toy_cfg, tiny_model_path, tokenizer)
-    assert trainable_names(model) == {"score.weight"}
+# tiny-gpt2: 2 blocks of width 64. LoRA's "all-linear" adapts c_attn (64 -> 192), attn.c_proj (64 -> 64), c_fc
+# (64 -> 256) and mlp.c_proj (256 -> 64) in each block: r * (in + out) trainable numbers per layer.
+HEAD = 64 * 2  # score: width x classes, no bias
+LORA_PER_RANK = 2 * ((64 + 192) + (64 + 64) + (64 + 256) + (256 + 64))
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """What a declared variant's model holds on tiny-gpt2; the tests below hold each variant's model to its row."""
+
+    adapted_layers: int  # layers with LoRA's A and B beside them
+    layers_4bit: int  # bitsandbytes 4-bit layers
+    trainable: str  # "head", "head+lora" or "all": which parameters its optimizer updates
+
+
+# One row per declared variant: a new variant gets every test of this matrix by adding its row.
+EXPECTED = {
+    "head_only": Expected(adapted_layers=0, layers_4bit=0, trainable="head"),
+    "lora": Expected(adapted_layers=8, layers_4bit=0, trainable="head+lora"),
+    "nf4_lora": Expected(adapted_layers=8, layers_4bit=8, trainable="head+lora"),
+    "full_finetune": Expected(adapted_layers=0, layers_4bit=0, trainable="all"),
+}
+
+
+def head_weight(model) -> torch.Tensor:
+    """The weight of the new classification head that trains (peft keeps it under modules_to_save)."""
+    return next(p for n, p in model.named_parameters() if p.requires_grad and "score" in n and n.endswith("weight"))
+
+
+def test_every_declared_variant_has_a_row_of_expectations():
+    assert list(EXPECTED) == list(VARIANTS)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_each_recipe_builds_what_its_declaration_and_row_say(name, toy_cfg, tiny_model_path, tokenizer):
+    """What reads a declaration without building it (saving, reloading, cost estimates) can trust it."""
+    variant, expected = VARIANTS[name], EXPECTED[name]
+    model = build(name, toy_cfg, tiny_model_path, tokenizer)
+    assert isinstance(model, PeftModel) == (variant.trains == "adapter")
+    assert len(models.layers_4bit(model)) == expected.layers_4bit and bool(expected.layers_4bit) == bool(variant.quantization)
+    assert model.is_gradient_checkpointing == variant.gradient_checkpointing
+    assert sum(n.endswith("lora_A") for n, _ in model.named_modules()) == expected.adapted_layers
     assert model.config.pad_token_id == tokenizer.pad_token_id
-
-
-def test_lora_trains_adapters_and_head_only(toy_cfg, tiny_model_path, tokenizer):
-    model = build("lora", toy_cfg, tiny_model_path, tokenizer)
-    names = trainable_names(model)
-    assert names and all("lora_" in n or ".score." in n for n in names)
-    assert any(".score." in n for n in names), "the head must train and be saved with the adapter"
-    # every targeted projection of both blocks got an adapter
-    assert sum("lora_A" in n for n in names) == 2 * 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj per block
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    # peft's SEQ_CLS default lists `classifier` too, a module these models lack: the adapter names only its head
-    assert model.peft_config["default"].modules_to_save == ["score"]
-
-
-def test_full_finetune_trains_every_weight_and_has_no_adapter(toy_cfg, tiny_model_path, tokenizer):
-    from peft import PeftModel
-
-    model = build("full_finetune", toy_cfg, tiny_model_path, tokenizer)
-    assert not isinstance(model, PeftModel) and not models.layers_4bit(model)
+    trainable = trainable_names(model)
+    is_trained = {"head": lambda n: "score." in n, "head+lora": lambda n: "lora_" in n or "score." in n, "all": lambda n: True}
+    assert all(is_trained[expected.trainable](n) for n in trainable)  # nothing else trains
+    assert any("score." in n for n in trainable)  # the new head always trains (peft saves it with the adapter)
     counts = models.count_parameters(model)
-    assert counts["trainable"] == counts["total"] == sum(p.numel() for p in model.parameters())
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    head = build("head_only", toy_cfg, tiny_model_path, tokenizer)
-    # the same seed, the same start: only what trains differs
-    for (name, a), b in zip(model.named_parameters(), head.parameters(), strict=True):
-        assert torch.equal(a, b), name
+    lora = toy_cfg.lora_r * LORA_PER_RANK
+    wanted = {"head": HEAD, "head+lora": HEAD + lora, "all": sum(p.numel() for p in model.parameters())}
+    assert counts["trainable"] == wanted[expected.trainable]
+    assert (counts["trainable"] == counts["total"]) == (expected.trainable == "all")
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if n in trainable)
+    if isinstance(model, PeftModel):  # peft's SEQ_CLS default lists `classifier` too, a module these models lack
+        assert model.peft_config["default"].modules_to_save == ["score"]
 
 
-def test_the_class_names_become_the_models_labels(toy_cfg, tiny_model_path, tokenizer):
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_each_variant_starts_from_the_same_head_whatever_ran_before(name, toy_cfg, tiny_model_path, tokenizer):
+    """build_model seeds itself: the same start every time, and every variant's head starts where head-only's does."""
+    cfg = dataclasses.replace(toy_cfg, seed=1)
+    a = build(name, cfg, tiny_model_path, tokenizer)
+    torch.manual_seed(123)  # whatever ran in between
+    b = build(name, cfg, tiny_model_path, tokenizer)
+    for (param, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb), param
+    assert torch.equal(head_weight(a), head_weight(build("head_only", cfg, tiny_model_path, tokenizer)))
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_each_variant_classifies_into_the_class_names_it_is_given(name, toy_cfg, tiny_model_path, tokenizer):
     names = ["negative", "neutral", "positive"]
-    for variant in ("head_only", "lora"):
-        model = build(variant, toy_cfg, tiny_model_path, tokenizer, labels=names)
-        config = model.config
-        assert config.num_labels == 3 and config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
-        assert config.label2id == {"negative": 0, "neutral": 1, "positive": 2}
-        with torch.no_grad():
-            assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3)
-    # the checkpoint holds no head (a language model's): any number of classes starts one afresh, seeded, quietly
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # the checkpoint holds no head (a language model's): any number of classes, quietly
         warnings.simplefilter("error")
-        a = build("head_only", toy_cfg, tiny_model_path, tokenizer, labels=names)
-    b = build("head_only", toy_cfg, tiny_model_path, tokenizer, labels=names)
-    assert torch.equal(a.score.weight, b.score.weight)
-    binary = build("head_only", toy_cfg, tiny_model_path, tokenizer)
-    assert torch.equal(binary.transformer.h[0].attn.c_attn.weight, a.transformer.h[0].attn.c_attn.weight)
+        warnings.filterwarnings("ignore", ".*is deprecated and will be removed in v6", FutureWarning)  # peft reads one
+        model = build(name, toy_cfg, tiny_model_path, tokenizer, labels=names)
+    config = model.config
+    assert config.num_labels == 3 and config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+    assert config.label2id == {"negative": 0, "neutral": 1, "positive": 2}
+    with torch.no_grad():
+        assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3)
 
 
-def test_nf4_quantizes_projections_but_not_the_head(toy_cfg, tiny_model_path, tokenizer):
+def test_full_finetune_starts_from_the_very_weights_head_only_freezes(toy_cfg, tiny_model_path, tokenizer):
+    full, head = (build(name, toy_cfg, tiny_model_path, tokenizer) for name in ("full_finetune", "head_only"))
+    for (name, a), b in zip(full.named_parameters(), head.parameters(), strict=True):
+        assert torch.equal(a, b), name  # only what trains differs
+
+
+def test_nf4_stores_projections_as_4bit_codes_and_keeps_the_head(toy_cfg, tiny_model_path, tokenizer):
     model = build("nf4_lora", toy_cfg, tiny_model_path, tokenizer)
-    quantized = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert len(quantized) == 2 * 4
     layer = models.first_module_named(model, "c_attn").base_layer
     assert layer.weight.dtype == torch.uint8 and layer.weight.quant_state.quant_type == "nf4"
     assert layer.weight.numel() == 64 * 192 // 2  # two 4-bit codes per byte
-    head = model.base_model.model.score
-    assert not isinstance(head.modules_to_save["default"], bnb.nn.Linear4bit)
-    assert head.modules_to_save["default"].weight.requires_grad
-    assert model.base_model.model.is_gradient_checkpointing
+    assert not isinstance(model.base_model.model.score.modules_to_save["default"], bnb.nn.Linear4bit)
     lora_only = build("lora", toy_cfg, tiny_model_path, tokenizer)
     assert model.get_memory_footprint() < lora_only.get_memory_footprint()
 
@@ -119,21 +153,6 @@ def test_nf4_stores_embeddings_in_bf16_and_computes_in_fp32(toy_cfg, tiny_model_
     saved = models.store_embeddings_16bit(fp32)
     assert saved == sum(m.weight.numel() * 2 for m in embeddings)
     assert fp32.transformer.wte(ids).dtype == torch.float32
-
-
-def test_same_seed_same_initial_adapter(toy_cfg, tiny_model_path, tokenizer):
-    cfg = dataclasses.replace(toy_cfg, seed=1)
-    a = build("lora", cfg, tiny_model_path, tokenizer)
-    torch.manual_seed(123)  # whatever ran in between: build_model seeds itself
-    b = build("lora", cfg, tiny_model_path, tokenizer)
-    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
-        assert torch.equal(pa, pb), name
-
-
-def test_count_parameters(toy_cfg, tiny_model_path, tokenizer):
-    model = build("head_only", toy_cfg, tiny_model_path, tokenizer)
-    counts = models.count_parameters(model)
-    assert counts["trainable"] == 64 * 2 and counts["total"] == sum(p.numel() for p in model.parameters())
 
 
 def test_no_code_enables_remote_code_or_pickles():
