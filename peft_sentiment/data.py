@@ -21,12 +21,13 @@ def load_splits(cfg: Config) -> DatasetDict:
     """The dataset `cfg` names, checked, as `text` and an integer `label` with its class names (bad data: ValueError)."""
     source = cfg.data_dir or cfg.dataset
     folder = Path(source).expanduser()
+    local = folder.is_dir()  # else a Hub id
     try:
         # a folder: datasets finds the train/test/validation files by their names, in any one format it reads
-        raw = load_dataset(str(folder) if folder.is_dir() else source)
+        raw = load_dataset(str(folder) if local else source)
     except Exception as err:  # offline, a typo, a damaged file, mixed formats: each raises its own error
         cause = err.__cause__ or err  # datasets wraps the parser's own message, which says what is wrong
-        if folder.is_dir():
+        if local:
             raise ValueError(f"Could not read the data files in {folder} ({type(cause).__name__}: {str(cause)[:300]}).") from err
         hint = f" or set {DATA_DIR_ENV} to a local copy" if cfg.dataset == IMDB else ""
         raise ValueError(
@@ -34,11 +35,15 @@ def load_splits(cfg: Config) -> DatasetDict:
             f"reachable, or a folder holding train and test files (CSV, JSON Lines or parquet){hint}."
         ) from err
     missing = [s for s in ("train", "test") if s not in raw]
-    if missing:
-        holds = f"; it holds {sorted(p.name for p in folder.iterdir())[:10]}" if folder.is_dir() else ""
+    if missing and local:
         raise ValueError(
-            f"{source} must hold a train and a test file (train.csv, train.jsonl or train.parquet, and likewise test); "
-            f"it has splits {list(raw)} but no {missing}{holds}."
+            f"{folder} must hold a train and a test file (train.csv, train.jsonl or train.parquet, and likewise test); "
+            f"it has splits {list(raw)} but no {missing}; it holds {sorted(p.name for p in folder.iterdir())[:10]}."
+        )
+    if missing:
+        raise ValueError(
+            f"The Hub dataset {source!r} has splits {list(raw)} but no {missing}: the project trains on `train` and "
+            "scores on `test`. Use a dataset with both, or save its splits as train and test files in a folder."
         )
     return check_splits(DatasetDict({s: raw[s] for s in SPLITS if s in raw}), cfg.text_column, cfg.label_column)
 

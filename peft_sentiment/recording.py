@@ -34,13 +34,19 @@ METRIC_KEYS = ("accuracy", "accuracy_ci95", "test_reviews")
 def release_memory() -> None:
     """Collect garbage, and hand freed memory back (CUDA's cache; glibc's free lists, which otherwise keep what an earlier
     model or training freed, so that a later one's rise in RSS would look smaller than its need)."""
-    import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
     if on_gpu():
         torch.cuda.empty_cache()
+    return_freed_memory()
+
+
+def return_freed_memory() -> None:
+    """Hand the pages glibc's malloc keeps on its free lists back to the OS (malloc_trim; Linux only)."""
+    import ctypes
+    import ctypes.util
+
     libc = ctypes.util.find_library("c")
     if libc and platform.system() == "Linux":
         with contextlib.suppress(OSError, AttributeError):  # musl has no malloc_trim
@@ -237,7 +243,10 @@ class PeakMemory:
         """What `rise_bytes` measures, for records."""
         if self._cuda:
             return "the CUDA allocator's peak during training over its allocation before it (torch.cuda.max_memory_allocated)"
-        return "the process's peak resident memory (RSS, sampled every 50 ms) during training over its RSS before it, freed memory returned to the OS first"
+        return (
+            "the process's peak resident memory (RSS, sampled every 50 ms) during training over its RSS before it, freed "
+            "memory returned to the OS first and after every training step (malloc_trim)"
+        )
 
     def current_peak(self) -> int:
         """The peak so far, inside the block."""

@@ -47,6 +47,13 @@ def compare_variants(records: list[dict]):
     return table.dropna(axis=1, how="all")  # no ROC-AUC column for more than two classes
 
 
+def readable_table(records: list[dict]):
+    """`compare_variants` as people read it: one column per variant, each number formatted by `format_cell`
+    (thousands separated, percentages with one decimal), so the table fits a notebook without wrapping."""
+    table = compare_variants(records)
+    return table.apply(lambda column: [format_cell(v, column.name) for v in column]).T
+
+
 def markdown_table(records: list[dict], baselines: list[dict] = ()) -> str:
     """The comparison as a Markdown table (for the README), baselines as rows of their own."""
     table = compare_variants(records)

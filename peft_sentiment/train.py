@@ -24,7 +24,17 @@ from peft_sentiment.features import FeatureHead, feature_dataset, length_order, 
 from peft_sentiment.hardware import autocast, describe_precision, on_gpu, resolve_precision
 from peft_sentiment.metrics import accuracy_interval, compute_metrics, recorded_predictions, softmax
 from peft_sentiment.models import check_trainable, count_parameters, layers_4bit, nf4_kernel
-from peft_sentiment.recording import PeakMemory, provenance, read_json, write_json_atomic
+from peft_sentiment.recording import PeakMemory, provenance, read_json, return_freed_memory, write_json_atomic
+
+
+class ReturnFreedMemory(TrainerCallback):
+    """On a CPU, hand freed memory back to the OS after each step. Batches differ in length, so each step frees tensors
+    of new sizes, which glibc's malloc keeps on its free lists rather than return: NF4 LoRA's RSS rose from 1.5 GB over
+    8 steps to 4.6 GB over 156, on a step that needs the same each time. Trimmed, the RSS between steps stays at the
+    model and data (925-970 MB over 5 NF4 steps, against 2.1-2.3 GB untrimmed), for about 3% of a step's time."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        return_freed_memory()
 
 
 class EvaluateAtEnd(TrainerCallback):
@@ -249,6 +259,8 @@ def fit(trainer: Trainer, cfg: Config, resume: bool = False) -> tuple:
     """
     checkpoint = prepare_output_dir(trainer, cfg, resume)
     tokens_before = read_json(Path(checkpoint) / "trainer_state.json").get("num_input_tokens_seen", 0) if checkpoint else 0
+    if not on_gpu():  # the CUDA allocator reuses its cache; glibc's keeps what it cannot reuse (ReturnFreedMemory)
+        trainer.add_callback(ReturnFreedMemory)
     with PeakMemory() as training:
         output = trainer.train(resume_from_checkpoint=checkpoint)
     return output, training, checkpoint, trainer.state.num_input_tokens_seen - tokens_before

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import three_class_reviews, toy_reviews
+from datasets import Dataset, DatasetDict
 from transformers import DataCollatorWithPadding
 
 from peft_sentiment import data
@@ -216,6 +217,13 @@ def test_unreadable_files_and_missing_splits_are_named(suffix, tmp_path):
     (no_test / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match=r"must hold a train and a test file .* it holds \['notes.txt', 'train.csv'\]"):
         data.load_splits(own_data(no_test))
+
+
+def test_a_hub_dataset_without_a_test_split_is_named(monkeypatch):
+    only_train = DatasetDict({"train": Dataset.from_dict({"text": ["a"], "label": [0]})})
+    monkeypatch.setattr(data, "load_dataset", lambda source: only_train)
+    with pytest.raises(ValueError, match=r"The Hub dataset 'someone/reviews' has splits \['train'\] but no \['test'\]"):
+        data.load_splits(make_config("smoke", dataset="someone/reviews", data_dir=None))
 
 
 def test_tokenize_truncates_counts_and_does_not_pad(toy_tokenized, tokenizer):

@@ -14,6 +14,10 @@ def test_table_and_summary_come_from_the_records(records):
     md = report.markdown_table(records)
     assert md.count("\n") == 4 and "| LoRA | 88.0 | 83.0-93.0 |" in md  # in percent
     assert list(table.columns[:4]) == ["accuracy %", "95% CI", "macro F1 %", "ROC-AUC"]
+    readable = report.readable_table(records)  # the notebook's view: a column per variant, numbers as people read them
+    assert list(readable.columns) == list(table.index) and list(readable.index) == list(table.columns)
+    assert readable.loc["trainable params", "LoRA"] == f"{table.loc['LoRA', 'trainable params']:,}"
+    assert readable.loc["accuracy %", "LoRA"] == "88.0"
     summary = report.summarize_results(records)
     assert "Best test accuracy: LoRA at 88.0%" in summary
     assert "- NF4 LoRA vs LoRA: -2.0 points;" in summary  # the pairs the declarations name (compared_with)
