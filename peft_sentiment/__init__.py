@@ -6,8 +6,9 @@ The variants are declared in `peft_sentiment.variants`; the dataset (IMDB by def
 __version__ = "0.2.0"
 
 try:  # torch is imported here; before the notebook's setup step has installed it, the package still imports
-    from peft_sentiment.hardware import quiet_bitsandbytes_kernel_hub
+    from peft_sentiment.hardware import bound_kernel_caches, quiet_bitsandbytes_kernel_hub
 except ImportError:
     pass
 else:
+    bound_kernel_caches()  # before torch builds its first CPU kernel
     quiet_bitsandbytes_kernel_hub()  # before anything imports bitsandbytes

@@ -137,6 +137,20 @@ def cpu_features() -> dict[str, bool]:
     return {flag: flag in flags for flag in REPORTED_FLAGS}
 
 
+# oneDNN (torch's bf16 kernels on a CPU) caches its compiled kernels and their scratch buffers per input shape, 1,024
+# of each by default. Batches padded to their own longest review bring a new shape nearly every step, so the cache
+# grows for the whole of a training run: LoRA training steps on 80 lengths grew the RSS by 616 MB with the defaults
+# and by 25 MB with 64, at no loss of speed (runs on 2 CPU cores with AVX512-BF16, 2026-12-07). One step's kernels fit
+# in 64. Read when the first kernel is built, so set on import; a value the user set wins.
+KERNEL_CACHE_LIMITS = {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACITY": "64"}
+
+
+def bound_kernel_caches() -> None:
+    """Keep oneDNN's per-shape kernel caches (see KERNEL_CACHE_LIMITS) from growing with every new batch length."""
+    for name, value in KERNEL_CACHE_LIMITS.items():
+        os.environ.setdefault(name, value)
+
+
 def quiet_bitsandbytes_kernel_hub() -> None:
     """Keep bitsandbytes' "Failed to load CPU gemm_4bit_forward from kernels-community" out of the output.
 

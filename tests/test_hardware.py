@@ -113,3 +113,18 @@ def test_bitsandbytes_kernel_hub_warning_never_reaches_the_user(caplog):
         )
         logging.getLogger("bitsandbytes.backends.cpu.ops").warning("something else")
     assert [r.getMessage() for r in caplog.records] == ["something else"]
+
+
+def test_importing_the_package_bounds_the_kernel_caches_unless_the_user_set_them():
+    import os
+    import subprocess
+    import sys
+
+    show = "import os, peft_sentiment; print(*(os.environ[name] for name in peft_sentiment.hardware.KERNEL_CACHE_LIMITS))"
+    env = {k: v for k, v in os.environ.items() if k not in hardware.KERNEL_CACHE_LIMITS}
+
+    def shown(extra: dict) -> str:
+        return subprocess.run([sys.executable, "-c", show], env=env | extra, capture_output=True, text=True, check=True).stdout
+
+    assert shown({}).split() == list(hardware.KERNEL_CACHE_LIMITS.values())
+    assert shown({"LRU_CACHE_CAPACITY": "8"}).split() == ["64", "8"]  # the user's own setting wins
