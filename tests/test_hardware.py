@@ -2,6 +2,9 @@
 
 import dataclasses
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -116,10 +119,6 @@ def test_bitsandbytes_kernel_hub_warning_never_reaches_the_user(caplog):
 
 
 def test_importing_the_package_bounds_the_kernel_caches_unless_the_user_set_them():
-    import os
-    import subprocess
-    import sys
-
     show = "import os, peft_sentiment; print(*(os.environ[name] for name in peft_sentiment.hardware.KERNEL_CACHE_LIMITS))"
     env = {k: v for k, v in os.environ.items() if k not in hardware.KERNEL_CACHE_LIMITS}
 
